@@ -1,0 +1,164 @@
+"""The `ftnb` command: demo, train, resume, stop, runs, generate, export."""
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+
+from .core.config import PRESETS, TrainConfig
+from .core.errors import FtnbError
+
+
+def _quiet_libraries():
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+
+
+def _add_config_flags(p):
+    """One flag per TrainConfig field, with the field's own help text."""
+    g = p.add_argument_group("settings (any TrainConfig field; defaults shown in --help)")
+    for f in dataclasses.fields(TrainConfig):
+        flag, help_ = "--" + f.name.replace("_", "-"), f.metadata["help"].replace("%", "%%")
+        default = TrainConfig.field_help()[f.name]["default"]
+        if f.type in (bool, "bool"):
+            g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        elif f.type in (list, "list"):
+            g.add_argument(flag, dest=f.name, nargs="*", default=None, help=help_)
+        elif f.type in (dict, "dict"):
+            g.add_argument(flag, dest=f.name, type=json.loads, default=None, help=help_ + " (JSON)")
+        else:
+            typ = {"int": int, "float": float, "str": str}.get(f.type if isinstance(f.type, str) else f.type.__name__)
+            g.add_argument(flag, dest=f.name, type=typ, default=None, choices=f.metadata.get("choices"),
+                           help=f"{help_} [default: {default}]")
+
+
+def _config_from_args(args):
+    base = {}
+    if args.config:
+        base = TrainConfig.load(args.config).to_dict()
+    if args.preset:
+        base = {**PRESETS[args.preset]["settings"], **base}
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
+    return TrainConfig.from_dict({**base, **flags})
+
+
+def _fmt(x, spec=".3f"):
+    return "-" if x is None else format(x, spec) if isinstance(x, float) else str(x)
+
+
+def cmd_train(args):
+    from .core.train import train
+    cfg = _config_from_args(args)
+    run = train(cfg, progress=True)
+    print(f"run directory: {run.run_dir.path}  ({run.state})")
+
+
+def cmd_resume(args):
+    from .core.train import resume
+    run = resume(args.run, progress=True)
+    print(f"run directory: {run.run_dir.path}  ({run.state})")
+
+
+def cmd_stop(args):
+    from .core.rundir import RunDir
+    RunDir(args.run).request_stop()
+    print(f"stop requested: {args.run} will save a checkpoint and stop at its next step")
+
+
+def cmd_runs(args):
+    from .core.rundir import list_runs
+    runs = list_runs(args.dir)
+    if not runs:
+        print(f"no runs under {args.dir}")
+        return
+    print(f"{'run':<32} {'state':<11} {'step':>11} {'loss':>7} {'val':>7} {'retain':>7} {'time':>7}")
+    for r in runs:
+        steps = f"{r['step']}/{r['total_steps'] or '?'}"
+        print(f"{r['name'][:32]:<32} {r['state']:<11} {steps:>11} {_fmt(r['loss']):>7} {_fmt(r['val_loss']):>7} "
+              f"{_fmt(r['retention'], '.1%'):>7} {_fmt(r['elapsed_s'], '.0f'):>6}s")
+
+
+def cmd_generate(args):
+    from .core.train import load_run
+    run = load_run(args.run)
+    for p, a in zip(args.prompts, run.generate(args.prompts, args.max_new_tokens)):
+        print(f"> {p}\n{a}\n")
+
+
+def cmd_export(args):
+    from .core.export import export
+    res = export(args.run, args.merge, merge=True)
+    print(f"wrote {res['out']} (merged: {res['merged']}); verified on {len(res['prompts'])} prompts: "
+          f"max logit difference to the tuned model {res['max_logit_gap']:.2e}"
+          + (f" (the base model differs by {res['base_vs_tuned_gap']:.2f})" if res["base_vs_tuned_gap"] else ""))
+
+
+def cmd_demo(args):
+    from .demo import run_demo
+    ok = run_demo(output_dir=args.output_dir, epochs=args.epochs, model=args.model)
+    if not ok:
+        sys.exit(1)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="ftnb", description="Fine-tune chat models and measure what they forget.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="teach the default model a pizza restaurant's facts (LoRA, a few minutes on CPU)")
+    p.add_argument("--output-dir", default="runs")
+    p.add_argument("--epochs", type=float, default=None, help="override the demo's epochs")
+    p.add_argument("--model", default="default", help="model to tune (default: SmolLM2-135M-Instruct)")
+    p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("train", help="fine-tune on a data file", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", help="a JSON config file (flags override it)")
+    p.add_argument("--preset", choices=list(PRESETS), help="start from a preset")
+    _add_config_flags(p)
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("resume", help="continue a stopped or interrupted run from its last checkpoint")
+    p.add_argument("run")
+    p.set_defaults(fn=cmd_resume)
+
+    p = sub.add_parser("stop", help="ask a running run to checkpoint and stop")
+    p.add_argument("run")
+    p.set_defaults(fn=cmd_stop)
+
+    p = sub.add_parser("runs", help="list runs with their state and last metrics")
+    p.add_argument("dir", nargs="?", default="runs")
+    p.set_defaults(fn=cmd_runs)
+
+    p = sub.add_parser("generate", help="answer prompts with a run's model")
+    p.add_argument("run")
+    p.add_argument("prompts", nargs="+")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.set_defaults(fn=cmd_generate)
+
+    p = sub.add_parser("export", help="merge a LoRA run into a standard transformers folder and verify it")
+    p.add_argument("run")
+    p.add_argument("--merge", required=True, metavar="OUT", help="folder to write (must not exist)")
+    p.set_defaults(fn=cmd_export)
+
+    args = parser.parse_args(argv)
+    _quiet_libraries()
+    t0 = time.time()
+    try:
+        args.fn(args)
+    except FtnbError as e:
+        print(f"ftnb: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"\nftnb: interrupted after {time.time() - t0:.0f}s", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

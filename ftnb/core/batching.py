@@ -1,0 +1,148 @@
+"""From chat examples to packed token batches.
+
+Each example is rendered with the tokenizer's chat template, piece by piece, so we know which tokens are the
+assistant's (the only ones trained on, by default). A step's examples are concatenated into one row with
+`position_ids` restarting at 0 for each example and no attention mask: transformers then builds a block-diagonal
+causal mask, so examples never see each other and no token is padding.
+"""
+import random
+from dataclasses import dataclass
+
+import torch
+
+from .data import RowProblem
+
+IGNORE = -100
+
+
+@dataclass
+class Tokenized:
+    ids: list
+    mask: list  # mask[t]: token t is a training target
+    row: int = 0
+    truncated: bool = False
+
+    def __len__(self):
+        return len(self.ids)
+
+
+def chat_segments(tokenizer, messages):
+    """[(text, is_assistant_answer)] whose concatenation is the rendered conversation."""
+    def render(msgs, gen=False):
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen) if msgs else ""
+
+    full = render(messages)
+    segments, pos = [], 0
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        start, end = len(render(messages[:i], gen=True)), len(render(messages[:i + 1]))
+        if not (pos <= start <= end <= len(full)):
+            raise RowProblem(0, f"messages[{i}]", "the chat template does not render this conversation incrementally")
+        segments += [(full[pos:start], False), (full[start:end], True)]
+        pos = end
+    segments.append((full[pos:], False))
+    return [(t, a) for t, a in segments if t]
+
+
+def tokenize_example(tokenizer, example, max_seq_len, train_on="assistant"):
+    if example.text is not None:
+        pieces = [(example.text, True)]
+        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    else:
+        pieces, eos = chat_segments(tokenizer, example.messages), []
+    ids, mask = [], []
+    for text, trained in pieces:
+        t = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids += t
+        mask += [trained or train_on == "all"] * len(t)
+    ids += eos
+    mask += [True] * len(eos)
+    truncated = len(ids) > max_seq_len
+    if truncated:
+        ids, mask = ids[:max_seq_len], mask[:max_seq_len]
+    if not any(mask[1:]):
+        first = mask.index(True) if True in mask else len(ids)
+        raise RowProblem(example.row, "messages", f"over the length limit: the answer starts after token {first}, "
+                                                  f"beyond max_seq_len={max_seq_len}" if truncated else "nothing to train on")
+    return Tokenized(ids, mask, example.row, truncated)
+
+
+def tokenize_data(data, tokenizer, max_seq_len, train_on="assistant"):
+    """Tokenized examples of a ChatData; rows that fail move from `usable` to the problems of its report."""
+    out = []
+    for ex in data.examples:
+        try:
+            out.append(tokenize_example(tokenizer, ex, max_seq_len, train_on))
+        except RowProblem as p:
+            data.report.problems.append(RowProblem(ex.row, p.field, p.reason))
+            data.report.usable -= 1
+    data.report.truncated += sum(t.truncated for t in out)
+    return out
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor     # (1, T)
+    position_ids: torch.Tensor  # (1, T), restarts at 0 for each example
+    labels: torch.Tensor        # (1, T), already shifted: labels[t] is the token predicted at t, or IGNORE
+    n_tokens: int
+    n_targets: int
+
+    def to(self, device):
+        nb = device.type == "cuda"
+        return Batch(self.input_ids.to(device, non_blocking=nb), self.position_ids.to(device, non_blocking=nb),
+                     self.labels.to(device, non_blocking=nb), self.n_tokens, self.n_targets)
+
+
+def pack(examples):
+    """One row of concatenated examples, no padding."""
+    ids, pos, labels = [], [], []
+    for ex in examples:
+        n = len(ex.ids)
+        ids += ex.ids
+        pos += range(n)
+        labels += [ex.ids[t + 1] if ex.mask[t + 1] else IGNORE for t in range(n - 1)] + [IGNORE]
+    n_targets = sum(1 for x in labels if x != IGNORE)
+    t = lambda x: torch.tensor([x], dtype=torch.long)  # noqa: E731
+    return Batch(t(ids), t(pos), t(labels), len(ids), n_targets)
+
+
+def micro_batches(examples, max_tokens):
+    """Split a step's examples, in order, into groups of at most max_tokens tokens (an oversize example goes alone)."""
+    groups, cur, size = [], [], 0
+    for ex in examples:
+        if cur and size + len(ex) > max_tokens:
+            groups.append(cur)
+            cur, size = [], 0
+        cur.append(ex)
+        size += len(ex)
+    if cur:
+        groups.append(cur)
+    return groups
+
+
+class StepPlan:
+    """Which examples each optimizer step trains on: a seeded shuffle per epoch, so any step's batch can be
+    recomputed (resume needs no saved sampler state)."""
+
+    def __init__(self, n_examples, batch_size, epochs, max_steps, seed):
+        self.n, self.batch_size, self.seed = n_examples, batch_size, seed
+        self.steps_per_epoch = -(-n_examples // batch_size)
+        self.total_steps = max_steps or max(1, round(epochs * self.steps_per_epoch))
+        self._order = {}
+
+    def epoch_of(self, step):
+        return step / self.steps_per_epoch
+
+    def indices(self, step):
+        epoch, within = divmod(step, self.steps_per_epoch)
+        if epoch not in self._order:
+            order = list(range(self.n))
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+            self._order = {epoch: order}
+        return self._order[epoch][within * self.batch_size:(within + 1) * self.batch_size]
+
+    def is_epoch_end(self, step):
+        """True after the last step of an epoch (step counts from 1)."""
+        return step % self.steps_per_epoch == 0

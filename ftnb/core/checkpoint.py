@@ -1,0 +1,93 @@
+"""Saving and restoring training state: written to a temporary folder and renamed, so a checkpoint is whole or absent."""
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .errors import RunError
+
+
+def save_weights(model, tokenizer, out, base_name=None):
+    """The trained weights as a standard folder: a peft adapter (LoRA) or a transformers model (full)."""
+    if base_name and hasattr(model, "peft_config"):
+        for pc in model.peft_config.values():
+            pc.base_model_name_or_path = base_name
+    # save_embedding_layers=False: LoRA never trains embeddings here, and "auto" would look the base model up online
+    kw = {"save_embedding_layers": False} if hasattr(model, "peft_config") else {}
+    model.save_pretrained(out, safe_serialization=True, **kw)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+
+
+def atomic_dir(final, write):
+    """Call write(tmp_folder), then rename it to `final` (replacing an older one). Disk errors say what happened."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-"))
+    try:
+        write(tmp)
+        if final.exists():
+            old = final.with_name(f".old-{final.name}")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RunError(f"could not write {final}: {e.strerror or e} (disk full or read-only?); "
+                       "earlier checkpoints are intact") from e
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def save_checkpoint(folder, model, optimizer, scheduler, state):
+    """weights + optimizer.pt + scheduler.pt + rng.pt + trainer_state.json (written last: its presence marks a
+    complete checkpoint)."""
+    def write(tmp):
+        save_weights(model, None, tmp / ("adapter" if hasattr(model, "peft_config") else "model"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        torch.save(rng, tmp / "rng.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
+    return atomic_dir(folder, write)
+
+
+def load_checkpoint(folder, model, optimizer, scheduler):
+    """Restore weights, optimizer, scheduler and RNG streams; return the trainer state dict."""
+    from safetensors.torch import load_file
+    folder = Path(folder)
+    device = next(model.parameters()).device
+    if hasattr(model, "peft_config"):
+        from peft import set_peft_model_state_dict
+        set_peft_model_state_dict(model, load_file(folder / "adapter" / "adapter_model.safetensors", device=str(device)))
+    else:
+        sd = {}
+        for f in sorted((folder / "model").glob("*.safetensors")):
+            sd.update(load_file(f, device=str(device)))
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        if unexpected or [m for m in missing if "lm_head" not in m]:
+            raise RunError(f"checkpoint {folder} does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    # weights_only: a checkpoint from someone else cannot run code when loaded
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=device, weights_only=True))
+    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+    rng = torch.load(folder / "rng.pt", weights_only=True)
+    torch.set_rng_state(rng["torch"])
+    random.setstate(_as_tuple(rng["python"]))
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return json.loads((folder / "trainer_state.json").read_text())
+
+
+def _as_tuple(x):
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x

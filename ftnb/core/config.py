@@ -1,0 +1,187 @@
+"""The one config of a fine-tuning run.
+
+Every field carries help text (shown as a tooltip in the form and as `--help` in the CLI);
+`__post_init__` holds every rule, so the form, the CLI and the loop never repeat them.
+The resolved config is saved as `config.json` in each run directory and loads back with `TrainConfig.load`.
+"""
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+
+from .errors import ConfigError
+
+
+def _f(default, help, group, choices=None, **extra):
+    meta = {"help": help, "group": group, **extra}
+    if choices:
+        meta["choices"] = tuple(choices)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TrainConfig:
+    # -- model --
+    model: str = _f("default", "Model to fine-tune: 'default' (SmolLM2-135M-Instruct, shipped offline), a Hugging Face Hub id, "
+                    "or a local folder. Bigger models learn more but train slower and need more memory.", "model")
+    method: str = _f("lora", "'lora' trains small adapter matrices beside the frozen weights: fast, small files, forgets less. "
+                     "'full' updates every weight: learns most, needs ~4x the memory of the weights, forgets most.", "model",
+                     choices=("lora", "full"))
+    trust_remote_code: bool = _f(False, "Run Python code shipped with a Hub model. Only for models you trust.", "model")
+    # -- LoRA --
+    lora_r: int = _f(16, "LoRA rank: the size of each adapter. Higher learns more and forgets more; 8-32 is typical.", "lora")
+    lora_alpha: float = _f(32.0, "LoRA scale numerator: the adapter's output is multiplied by lora_alpha / lora_r. "
+                           "Usually 2 x lora_r; higher means larger effective steps.", "lora")
+    lora_dropout: float = _f(0.05, "Dropout on the adapter's input. A little (0.05) regularises small datasets.", "lora")
+    lora_targets: str = _f("all-linear", "Layers that get adapters: 'all-linear' (every linear layer except the output), "
+                           "'attention' (q,k,v,o projections only: learns less, forgets less) or a comma list of module names.",
+                           "lora")
+    # -- data --
+    data: str = _f("", "Training data: a .jsonl/.json/.csv/.parquet file or a Hub dataset name. "
+                   "Leave empty when passing examples from Python.", "data")
+    data_format: str = _f("auto", "How rows are read: detected from the columns by default.", "data",
+                          choices=("auto", "messages", "sharegpt", "prompt_completion", "alpaca", "text"))
+    columns: dict = _f({}, "Column mapping that overrides detection, e.g. {\"prompt\": \"question\", \"completion\": \"answer\"}.",
+                       "data")
+    val_data: str = _f("", "Optional separate validation file. When empty, val_fraction of the data is held out.", "data")
+    val_fraction: float = _f(0.1, "Share of examples held out for validation loss (0 to turn validation off).", "data")
+    max_seq_len: int = _f(1024, "Longest example in tokens; longer ones are truncated (and counted in the report). "
+                          "Memory and time grow with it.", "data")
+    train_on: str = _f("assistant", "'assistant': learn only the answers (the usual choice); "
+                       "'all': learn the prompts too (continued pre-training).", "data", choices=("assistant", "all"))
+    # -- optimisation --
+    epochs: float = _f(3.0, "Passes over the training data. More epochs learn the examples better and forget more.", "training")
+    max_steps: int = _f(0, "Stop after this many optimizer steps (0: derived from epochs).", "training")
+    batch_size: int = _f(8, "Examples per optimizer step. Larger gives smoother updates and fewer steps per epoch.", "training")
+    micro_batch_tokens: int = _f(0, "Most tokens in one forward pass; a step's examples are packed into passes of at most this "
+                                 "many tokens and their gradients added up. Only memory changes, not the result. "
+                                 "0: chosen from the device.", "training")
+    learning_rate: float = _f(2e-4, "Peak learning rate. LoRA tolerates 1e-4 to 1e-3; full fine-tuning wants 1e-5 to 5e-5. "
+                              "Too high forgets fast or diverges.", "training")
+    weight_decay: float = _f(0.0, "AdamW weight decay (pulls weights toward zero).", "training")
+    lr_scheduler: str = _f("cosine", "Learning-rate shape after warm-up.", "training",
+                           choices=("cosine", "linear", "constant"))
+    warmup_steps: int = _f(0, "Steps of linear warm-up from 0 to the peak learning rate; steadies the first updates.", "training")
+    max_grad_norm: float = _f(1.0, "Clip the gradient norm to this (0: no clipping). Guards against loss spikes.", "training")
+    gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass: about 30% slower, much less memory.",
+                                      "training")
+    # -- runtime --
+    device: str = _f("auto", "'auto' picks CUDA, then Apple MPS, then CPU.", "runtime")
+    precision: str = _f("auto", "'auto': bf16 autocast on CUDA when supported, fp32 elsewhere.", "runtime",
+                        choices=("auto", "fp32", "bf16"))
+    seed: int = _f(42, "Seeds the data order, adapter initialisation and dropout: same seed, same run.", "runtime")
+    log_every: int = _f(1, "Write train metrics every N steps (the loss is read back from the device only then).", "runtime")
+    eval_every: int = _f(0, "Validation loss every N steps (0: at the end of each epoch). Always at the end.", "runtime")
+    save_every: int = _f(0, "Checkpoint every N steps (0: at the end of each epoch). Resume starts from the last one.", "runtime")
+    keep_checkpoints: int = _f(2, "How many recent checkpoints to keep on disk (the best one is always kept).", "runtime")
+    sample_prompts: list = _f([], "Prompts answered (greedily) at each evaluation, to watch the model change.", "runtime")
+    output_dir: str = _f("runs", "Folder that holds one sub-folder per run.", "runtime")
+    run_name: str = _f("", "Name of this run's folder (empty: date, time and method).", "runtime")
+
+    def __post_init__(self):
+        def need(ok, name, message):
+            if not ok:
+                raise ConfigError(name, message)
+
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices:
+                need(getattr(self, f.name) in choices, f.name,
+                     f"must be one of {', '.join(map(repr, choices))}, not {getattr(self, f.name)!r}")
+        need(isinstance(self.model, str) and self.model.strip(), "model", "give 'default', a Hub id or a local folder")
+        need(self.lora_r >= 1, "lora_r", f"must be at least 1, not {self.lora_r}")
+        need(self.lora_alpha > 0, "lora_alpha", f"must be positive, not {self.lora_alpha}")
+        need(0 <= self.lora_dropout < 1, "lora_dropout", f"must be in [0, 1), not {self.lora_dropout}")
+        need(self.lora_targets.strip(), "lora_targets", "name 'all-linear', 'attention' or module names")
+        need(isinstance(self.columns, dict), "columns", "must be a mapping like {\"prompt\": \"question\"}")
+        need(0 <= self.val_fraction < 1, "val_fraction", f"must be in [0, 1), not {self.val_fraction}")
+        need(16 <= self.max_seq_len <= 1_000_000, "max_seq_len", f"must be between 16 and 1,000,000, not {self.max_seq_len}")
+        need(math.isfinite(self.epochs) and self.epochs > 0, "epochs", f"must be positive, not {self.epochs}")
+        need(self.max_steps >= 0, "max_steps", f"must be 0 or more, not {self.max_steps}")
+        need(self.batch_size >= 1, "batch_size", f"must be at least 1, not {self.batch_size}")
+        need(self.micro_batch_tokens == 0 or self.micro_batch_tokens >= self.max_seq_len, "micro_batch_tokens",
+             f"must be 0 (automatic) or at least max_seq_len ({self.max_seq_len}), not {self.micro_batch_tokens}")
+        need(math.isfinite(self.learning_rate) and 0 < self.learning_rate <= 1, "learning_rate",
+             f"must be in (0, 1], not {self.learning_rate}")
+        need(self.learning_rate <= 0.1, "learning_rate", f"{self.learning_rate} would diverge; use at most 0.1 (typ. 2e-4)")
+        need(self.weight_decay >= 0, "weight_decay", f"must be 0 or more, not {self.weight_decay}")
+        need(self.warmup_steps >= 0, "warmup_steps", f"must be 0 or more, not {self.warmup_steps}")
+        need(self.max_grad_norm >= 0, "max_grad_norm", f"must be 0 (off) or more, not {self.max_grad_norm}")
+        need(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "device",
+             f"must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', not {self.device!r}")
+        for name in ("log_every",):
+            need(getattr(self, name) >= 1, name, f"must be at least 1, not {getattr(self, name)}")
+        for name in ("eval_every", "save_every"):
+            need(getattr(self, name) >= 0, name, f"must be 0 or more, not {getattr(self, name)}")
+        need(self.keep_checkpoints >= 1, "keep_checkpoints", f"must be at least 1, not {self.keep_checkpoints}")
+        need(isinstance(self.sample_prompts, list) and all(isinstance(p, str) for p in self.sample_prompts),
+             "sample_prompts", "must be a list of strings")
+        need(self.output_dir.strip(), "output_dir", "must name a folder")
+        need("/" not in self.run_name and "\\" not in self.run_name and self.run_name not in (".", ".."), "run_name",
+             f"must be a plain folder name, not {self.run_name!r}")
+
+    # -- round trip --
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(unknown[0], f"unknown setting (known: {', '.join(sorted(known))})")
+        return cls(**d)
+
+    def replace(self, **changes):
+        return self.from_dict({**self.to_dict(), **changes})
+
+    def save(self, path):
+        from .rundir import write_json
+        write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path):
+        with open(path, encoding="utf-8") as fh:
+            try:
+                d = json.load(fh)
+            except json.JSONDecodeError as e:
+                raise ConfigError("config", f"{path} is not valid JSON (line {e.lineno}: {e.msg})") from None
+        if not isinstance(d, dict):
+            raise ConfigError("config", f"{path} must hold a JSON object")
+        return cls.from_dict(d)
+
+    @classmethod
+    def from_preset(cls, name, **changes):
+        if name not in PRESETS:
+            raise ConfigError("preset", f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+        return cls.from_dict({**PRESETS[name]["settings"], **changes})
+
+    @classmethod
+    def field_help(cls):
+        """{name: metadata} for every field, in declaration order (the form and the CLI are built from it)."""
+        return {f.name: dict(f.metadata, default=getattr(cls(), f.name)) for f in dataclasses.fields(cls)}
+
+
+PRESETS = {
+    "quick-cpu-demo": {
+        "help": "A few minutes on a laptop CPU: LoRA on the default model, high learning rate, few epochs.",
+        "settings": dict(method="lora", lora_r=16, lora_alpha=32, learning_rate=1e-3, epochs=4, batch_size=8,
+                         warmup_steps=3, max_seq_len=256, val_fraction=0.1),
+    },
+    "balanced-lora": {
+        "help": "The usual LoRA recipe: rank 16 on all linear layers, 2e-4, 3 epochs.",
+        "settings": dict(method="lora", lora_r=16, lora_alpha=32, learning_rate=2e-4, epochs=3, batch_size=8,
+                         warmup_steps=10),
+    },
+    "low-forgetting": {
+        "help": "Small adapters on attention only and a gentle learning rate: learns less, keeps more.",
+        "settings": dict(method="lora", lora_r=8, lora_alpha=16, lora_targets="attention", learning_rate=1e-4,
+                         epochs=2, batch_size=8, warmup_steps=10),
+    },
+    "full-finetune": {
+        "help": "Every weight trained at 2e-5: the most capacity and the most forgetting; needs about 4x the weights' memory.",
+        "settings": dict(method="full", learning_rate=2e-5, epochs=3, batch_size=8, warmup_steps=10, weight_decay=0.0),
+    },
+}

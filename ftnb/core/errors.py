@@ -1,0 +1,32 @@
+"""Errors that carry enough context to fix the problem without reading a traceback."""
+
+
+class FtnbError(Exception):
+    """Base class: anything ftnb raises on purpose."""
+
+
+class ConfigError(FtnbError, ValueError):
+    """A config field has a value that cannot work. `field` names it, so a form can show the message inline."""
+
+    def __init__(self, field, message):
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+
+class DataError(FtnbError, ValueError):
+    """The data cannot be used. Names the file (and row and field, when one row is at fault)."""
+
+    def __init__(self, message, source=None, row=None, field=None):
+        self.source, self.row, self.field, self.message = source, row, field, message
+        where = ", ".join(x for x in (source and str(source), row is not None and f"row {row}",
+                                      field and f"field {field!r}") if x)
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class ModelNotFoundError(FtnbError):
+    """No model could be found or loaded; the message says which command fixes it."""
+
+
+class RunError(FtnbError):
+    """A run failed or a run directory cannot be used."""

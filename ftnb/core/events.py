@@ -1,0 +1,107 @@
+"""Events out of the training loop, and the subscribers that turn them into files and progress bars.
+
+A subscriber is any callable taking an `Event` (or an object with `on_event(event)`). The loop calls subscribers in
+its own thread, between steps; a slow subscriber slows training, so views should only copy data and return.
+Event kinds: start, log (train metrics), eval (val_loss), probe, checkpoint, finished, stopped, failed.
+A subscriber that raises is detached with a warning, unless it is `essential` (the run-directory writer): then the
+run fails, because the run directory is the source of truth.
+"""
+import time
+import warnings
+from dataclasses import dataclass, field
+
+KINDS = ("start", "log", "eval", "probe", "checkpoint", "finished", "stopped", "failed")
+ENDS = ("finished", "stopped", "failed")
+
+
+@dataclass
+class Event:
+    kind: str
+    step: int
+    data: dict = field(default_factory=dict)
+    run: object = field(default=None, repr=False)  # the live Run: model, tokenizer, run_dir, request_stop()
+
+
+class EventBus:
+    def __init__(self, subscribers=()):
+        self.subscribers = list(subscribers)
+        self.seconds = 0.0  # time spent in subscribers (not counted as training time)
+
+    def subscribe(self, fn):
+        self.subscribers.append(fn)
+
+    def emit(self, kind, step, run=None, **data):
+        t0 = time.perf_counter()
+        ev = Event(kind, step, data, run)
+        for sub in list(self.subscribers):
+            fn = getattr(sub, "on_event", sub)
+            try:
+                fn(ev)
+            except Exception as e:
+                if getattr(sub, "essential", False):
+                    raise
+                self.subscribers.remove(sub)
+                warnings.warn(f"ftnb: subscriber {sub!r} raised {e!r} on {kind!r} and was detached", stacklevel=2)
+        self.seconds += time.perf_counter() - t0
+        return ev
+
+
+class RunDirWriter:
+    """Writes metrics.jsonl lines and status.json of the run as events arrive."""
+    essential = True
+
+    def __init__(self, run_dir):
+        self.run_dir = run_dir
+        self.total_steps = None
+
+    def on_event(self, ev):
+        rd, d = self.run_dir, ev.data
+        if ev.kind == "start":
+            self.total_steps = d["total_steps"]
+            rd.write_status("running", step=ev.step, total_steps=self.total_steps, error=None)
+        elif ev.kind in ("log", "eval", "probe"):
+            rd.append_metrics({"step": ev.step, **d})
+            if ev.kind == "log":
+                rd.write_status("running", step=ev.step, total_steps=self.total_steps, error=None)
+        elif ev.kind in ENDS:
+            rd.write_status(ev.kind, step=ev.step, total_steps=self.total_steps, error=d.get("error"),
+                            **{k: d[k] for k in ("output", "best_checkpoint") if k in d})
+
+
+class ProgressBar:
+    """A tqdm bar with loss and tokens/s, for the console."""
+
+    def __init__(self, desc="training", file=None):
+        self.desc, self.file, self.bar, self.postfix = desc, file, None, {}
+
+    def on_event(self, ev):
+        from tqdm import tqdm
+        if ev.kind == "start":
+            self.bar = tqdm(total=ev.data["total_steps"], initial=ev.step, desc=self.desc, unit="step", file=self.file,
+                            dynamic_ncols=True, mininterval=0.2)
+        elif self.bar is None:
+            return
+        elif ev.kind == "log":
+            self.postfix.update(loss=f"{ev.data['loss']:.3f}", tok_s=f"{ev.data['tokens_per_s']:.0f}")
+            self.bar.set_postfix(self.postfix, refresh=False)
+            self.bar.update(ev.step - self.bar.n)
+        elif ev.kind == "eval":
+            self.postfix["val_loss"] = f"{ev.data['val_loss']:.3f}"
+            self.bar.set_postfix(self.postfix)
+        elif ev.kind in ENDS:
+            self.bar.update(ev.step - self.bar.n)
+            self.bar.close()
+            self.bar = None
+
+
+class Recorder:
+    """Keeps every event in a list (for tests and for code that wants the metrics without reading files)."""
+
+    def __init__(self):
+        self.events = []
+
+    def __call__(self, ev):
+        self.events.append(ev)
+
+    def of(self, kind):
+        return [e for e in self.events if e.kind == kind]

