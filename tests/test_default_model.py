@@ -1,0 +1,34 @@
+"""A few integration tests on the real default model (SmolLM2-135M-Instruct from the offline GGUF copy)."""
+import pytest
+
+import ftnb
+from ftnb.core.data import bundled
+from ftnb.core.models import resolve_model
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    path = resolve_model("default")  # converts the GGUF once per machine (about 30 s), then loads in seconds
+    model, tok, _ = ftnb.load_model(path)
+    return model, tok
+
+
+def test_default_model_is_found_offline_and_knows_paris(default_model):
+    model, tok = default_model
+    assert "Paris" in ftnb.generate(model, tok, "What is the capital of France?", max_new_tokens=12)
+    assert "<|im_start|>assistant" in tok.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False,
+                                                               add_generation_prompt=True)
+
+
+def test_a_few_lora_steps_on_the_demo_data_then_export(tmp_path, default_model):
+    run = ftnb.train(ftnb.TrainConfig.from_preset("quick-cpu-demo", data=str(bundled("pizza_demo.jsonl")),
+                                                  output_dir=str(tmp_path), max_steps=3, batch_size=4, val_fraction=0.05))
+    losses = [m["loss"] for m in run.metrics() if "loss" in m]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    meta = (run.run_dir.path / "meta.json").read_text()
+    assert '"trainable_params": 4884480' in meta  # r=16 on every linear layer of SmolLM2-135M
+    from ftnb.core.export import export
+    res = export(run.run_dir.path, tmp_path / "merged")
+    assert res["max_logit_gap"] < 1e-3 < res["base_vs_tuned_gap"]
