@@ -81,7 +81,7 @@ class ChatData:
 
     def __init__(self, examples, report):
         self.examples, self.report = examples, report
-        self.tokenized = None  # set by the loop: batching.Tokenized per usable example
+        self.tokenized = None  # batching.Tokenized per example, once tokenized
 
     def __len__(self):
         return len(self.examples)
@@ -103,10 +103,13 @@ class ChatData:
         idx = list(range(len(self)))
         random.Random(seed).shuffle(idx)
         n_val = 0 if val_fraction <= 0 or len(idx) < 2 else min(len(idx) - 1, max(1, round(len(idx) * val_fraction)))
-        val = sorted(idx[:n_val])
-        train = sorted(idx[n_val:])
-        return (ChatData([self.examples[i] for i in train], self.report),
-                ChatData([self.examples[i] for i in val], self.report))
+        parts = []
+        for chosen in (sorted(idx[n_val:]), sorted(idx[:n_val])):
+            part = ChatData([self.examples[i] for i in chosen], self.report)
+            if self.tokenized is not None:
+                part.tokenized = [self.tokenized[i] for i in chosen]
+            parts.append(part)
+        return tuple(parts)
 
     def to_jsonl(self):
         return "".join(json.dumps(e.to_record(), ensure_ascii=False) + "\n" for e in self.examples)

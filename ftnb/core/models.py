@@ -151,14 +151,16 @@ def load_tokenizer(path, trust_remote_code=False):
     return tok
 
 
-def load_model(name="default", device="cpu", dtype=torch.float32, trust_remote_code=False, allow_pickle=False):
+def load_model(name="default", device="cpu", dtype=torch.float32, trust_remote_code=False, allow_pickle=False,
+               attn="auto"):
     """(model, tokenizer, resolved_path) for a model name, on `device`, in eval mode."""
     from transformers import AutoModelForCausalLM
     path = resolve_model(name)
     check_safe_folder(path, allow_pickle)
     tok = load_tokenizer(path, trust_remote_code)
+    kw = {} if attn == "auto" else {"attn_implementation": attn}
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
-                                                 use_safetensors=not allow_pickle)
+                                                 use_safetensors=not allow_pickle, **kw)
     model.to(device).eval()
     return model, tok, path
 

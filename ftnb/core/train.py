@@ -116,9 +116,15 @@ def write_data_summary(run_dir, train_set, val_set):
         "val_report": val_set.report.summary() if val_set.report is not train_set.report else None})
 
 
-def prepare_model(cfg, device):
-    """Load the base model and make it trainable: LoRA adapters (base frozen) or every weight."""
-    model, tok, path = load_model(cfg.model, device, torch.float32, cfg.trust_remote_code)
+def prepare_model(cfg, device, base_model=None):
+    """Load the base model (or take `base_model`, a (model, tokenizer) pair) and make it trainable: LoRA adapters
+    (base frozen; stored in bf16 when training under bf16 autocast) or every weight (fp32 master weights)."""
+    dtype = torch.bfloat16 if cfg.method == "lora" and use_bf16(cfg, device) else torch.float32
+    if base_model is not None:
+        (model, tok), path = base_model, "<in memory>"
+        model.to(device=device, dtype=dtype)
+    else:
+        model, tok, path = load_model(cfg.model, device, dtype, cfg.trust_remote_code, attn=cfg.attn_implementation)
     if cfg.method == "lora":
         model = apply_lora(model, cfg)
     if cfg.gradient_checkpointing:
@@ -165,10 +171,12 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
+def use_bf16(cfg, device):
+    return cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+
+
 def autocast(cfg, device):
-    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"
-                                          and torch.cuda.is_bf16_supported())
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(cfg, device))
 
 
 @torch.no_grad()
@@ -190,15 +198,18 @@ def evaluate(model, examples, max_tokens, cfg, device, parts=None):
 
 # -- the loop ---------------------------------------------------------------------------------------------------------
 
-def train(config=None, data=None, *, val_data=None, subscribers=(), stop_event=None, progress=False, **overrides):
+def train(config=None, data=None, *, val_data=None, subscribers=(), stop_event=None, progress=False, base_model=None,
+          **overrides):
     """Fine-tune as `config` says (fields may also be given as keyword arguments) and return the Run.
 
     `data`: a file path, Hub dataset name, list of dicts, DataFrame, datasets.Dataset or ChatData (default: config.data).
     `subscribers`: callables receiving every Event. `stop_event`: a threading.Event that stops the run when set.
+    `base_model`: an already loaded (model, tokenizer) to train instead of loading `config.model` (resume reloads
+    `config.model`, so name it there too).
     """
     cfg = (config or TrainConfig()).replace(**overrides) if overrides else (config or TrainConfig())
     run_dir = new_run_dir(cfg)
-    return _run(cfg, run_dir, data, val_data, subscribers, stop_event, progress, resume_from=None)
+    return _run(cfg, run_dir, data, val_data, subscribers, stop_event, progress, resume_from=None, base_model=base_model)
 
 
 def resume(run_dir, *, subscribers=(), stop_event=None, progress=False, checkpoint=None, **overrides):
@@ -223,7 +234,7 @@ def _saved_examples(path):
     return load_examples(path, "auto")
 
 
-def _run(cfg, run_dir, data, val_data, subscribers, stop_event, progress, resume_from):
+def _run(cfg, run_dir, data, val_data, subscribers, stop_event, progress, resume_from, base_model=None):
     created = not run_dir.path.exists()
     run_dir.acquire_lock()
     run = None
@@ -236,13 +247,14 @@ def _run(cfg, run_dir, data, val_data, subscribers, stop_event, progress, resume
             train_set, val_set = data, val_data
         device = pick_device(cfg.device)
         seed_everything(cfg.seed)
-        model, tok, model_path = prepare_model(cfg, device)
+        model, tok, model_path = prepare_model(cfg, device, base_model)
         run = Run(cfg, run_dir.path, model, tok)
         if stop_event is not None:
             run.stop_event = stop_event
         run.train_data, run.val_data = train_set, val_set
-        train_set.tokenized = tokenize_data(train_set, tok, cfg.max_seq_len, cfg.train_on)
-        val_set.tokenized = tokenize_data(val_set, tok, cfg.max_seq_len, cfg.train_on) if len(val_set) else []
+        for part in (train_set, val_set):  # already tokenized data (benchmarks) is taken as it is
+            if part.tokenized is None:
+                part.tokenized = tokenize_data(part, tok, cfg.max_seq_len, cfg.train_on) if len(part) else []
         if not train_set.tokenized:
             raise DataError(f"no usable examples after tokenisation: {train_set.report.problems[0]}",
                             source=train_set.report.source)
