@@ -123,4 +123,3 @@ def test_step_plan_is_a_seeded_permutation_per_epoch():
     epoch1 = sum((plan.indices(s) for s in range(3, 6)), [])
     assert sorted(epoch0) == sorted(epoch1) == list(range(10)) and epoch0 != epoch1
     assert StepPlan(10, 4, 2, 0, seed=1).indices(4) == plan.indices(4)
-    assert plan.is_epoch_end(3) and not plan.is_epoch_end(4)

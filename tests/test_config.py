@@ -47,4 +47,4 @@ def test_presets_are_valid(name):
 def test_every_field_has_help_and_group():
     for name, meta in TrainConfig.field_help().items():
         assert len(meta["help"]) > 20, name
-        assert meta["group"] in ("model", "lora", "data", "training", "runtime"), name
+        assert meta["group"] in ("model", "lora", "data", "training", "forgetting", "runtime"), name

@@ -24,7 +24,8 @@ def test_default_model_is_found_offline_and_knows_paris(default_model):
 
 def test_a_few_lora_steps_on_the_demo_data_then_export(tmp_path, default_model):
     run = ftnb.train(ftnb.TrainConfig.from_preset("quick-cpu-demo", data=str(bundled("pizza_demo.jsonl")),
-                                                  output_dir=str(tmp_path), max_steps=3, batch_size=4, val_fraction=0.05))
+                                                  output_dir=str(tmp_path), max_steps=3, batch_size=4, val_fraction=0.05,
+                                                  probe=False))
     losses = [m["loss"] for m in run.metrics() if "loss" in m]
     assert len(losses) == 3 and losses[-1] < losses[0]
     meta = (run.run_dir.path / "meta.json").read_text()

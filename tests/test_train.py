@@ -90,14 +90,14 @@ def test_stop_event_from_another_thread(tiny_cfg, qa_data):
 
 
 def test_divergence_stops_with_a_clear_message(tiny_cfg, qa_data):
-    def poison(model, batch, step):
-        return torch.tensor(float("nan")) if step >= 2 else torch.tensor(0.0)
+    def poison(model, step):  # from the third step on, NaN gradients: the weights turn to NaN
+        return sum(p.sum() for p in model.parameters() if p.requires_grad) * (float("nan") if step >= 2 else 0.0)
     rec = Recorder()
 
     def install(ev):
         if ev.kind == "start":
             ev.run.extra_loss.append(poison)
-    with pytest.raises(RunError, match="loss became nan at step 3.*Lower learning_rate"):
+    with pytest.raises(RunError, match="loss became nan at step 4.*Lower learning_rate"):
         ftnb.train(tiny_cfg, qa_data, subscribers=[install, rec])
     run_dir = RunDir(rec.events[0].run.run_dir.path)
     assert run_dir.status()["state"] == "failed" and "diverged" in run_dir.status()["error"]

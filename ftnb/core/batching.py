@@ -142,7 +142,3 @@ class StepPlan:
             random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
             self._order = {epoch: order}
         return self._order[epoch][within * self.batch_size:(within + 1) * self.batch_size]
-
-    def is_epoch_end(self, step):
-        """True after the last step of an epoch (step counts from 1)."""
-        return step % self.steps_per_epoch == 0

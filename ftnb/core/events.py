@@ -6,7 +6,7 @@ Event kinds: start, log (train metrics), eval (val_loss), probe, checkpoint, fin
 A subscriber that raises is detached with a warning, unless it is `essential` (the run-directory writer): then the
 run fails, because the run directory is the source of truth.
 """
-import time
+import collections
 import warnings
 from dataclasses import dataclass, field
 
@@ -23,16 +23,33 @@ class Event:
 
 
 class EventBus:
+    """Calls every subscriber with every event, in order. An event emitted by a subscriber (the probe publishes
+    `probe` events) is queued and delivered after the current one has reached everybody."""
+
     def __init__(self, subscribers=()):
         self.subscribers = list(subscribers)
-        self.seconds = 0.0  # time spent in subscribers (not counted as training time)
+        self.queue = collections.deque()
+        self.busy = False
 
     def subscribe(self, fn):
         self.subscribers.append(fn)
 
     def emit(self, kind, step, run=None, **data):
-        t0 = time.perf_counter()
         ev = Event(kind, step, data, run)
+        self.queue.append(ev)
+        if self.busy:
+            return ev
+        self.busy = True
+        try:
+            while self.queue:
+                self._deliver(self.queue.popleft())
+        finally:
+            self.busy = False
+            self.queue.clear()
+        return ev
+
+    def _deliver(self, ev):
+        kind = ev.kind
         for sub in list(self.subscribers):
             fn = getattr(sub, "on_event", sub)
             try:
@@ -41,9 +58,7 @@ class EventBus:
                 if getattr(sub, "essential", False):
                     raise
                 self.subscribers.remove(sub)
-                warnings.warn(f"ftnb: subscriber {sub!r} raised {e!r} on {kind!r} and was detached", stacklevel=2)
-        self.seconds += time.perf_counter() - t0
-        return ev
+                warnings.warn(f"ftnb: subscriber {sub!r} raised {e!r} on {kind!r} and was detached", stacklevel=3)
 
 
 class RunDirWriter:
@@ -65,7 +80,7 @@ class RunDirWriter:
                 rd.write_status("running", step=ev.step, total_steps=self.total_steps, error=None)
         elif ev.kind in ENDS:
             rd.write_status(ev.kind, step=ev.step, total_steps=self.total_steps, error=d.get("error"),
-                            **{k: d[k] for k in ("output", "best_checkpoint") if k in d})
+                            **{k: d[k] for k in ("output", "best_checkpoint", "reason") if k in d})
 
 
 class ProgressBar:

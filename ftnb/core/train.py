@@ -25,6 +25,7 @@ from .config import TrainConfig
 from .data import ChatData, DataReport, load_examples
 from .errors import ConfigError, DataError, RunError
 from .events import EventBus, RunDirWriter
+from .forgetting import L2SP, ForgettingProbe, KLToBase, replay_examples
 from .generate import compare, generate
 from .loss import loss_sum, split_head
 from .models import (DEFAULT_HUB_ID, apply_lora, check_safe_folder, load_model, load_tokenizer, pick_device,
@@ -41,7 +42,24 @@ class Run:
         self.step = 0
         self.total_steps = 0
         self.train_data = self.val_data = None
-        self.extra_loss = []  # callables (model, batch, step) -> tensor added to the loss (mitigations)
+        self.model_path = None
+        self.extra_loss = []  # callables (model, step) -> tensor added to each step's loss (mitigations)
+        self.best_checkpoint = None  # step of the best checkpoint within the forgetting budget
+        self.stop_reason = None
+        self.steps_per_epoch = 0
+        self.emit = lambda kind, step, **data: None  # set by the loop: subscribers publish events through it
+
+    def schedule(self, step, what):
+        """Whether `what` ('eval', 'save' or 'probe') happens after optimizer step `step` (steps count from 1)."""
+        cfg, end = self.config, step == self.total_steps
+        epoch_end = self.steps_per_epoch and step % self.steps_per_epoch == 0
+        if what == "eval":
+            return end or (step % cfg.eval_every == 0 if cfg.eval_every else epoch_end)
+        if what == "save":
+            return not end and (step % cfg.save_every == 0 if cfg.save_every else epoch_end)
+        if what == "probe":
+            return cfg.probe and (end or (step % cfg.probe_every == 0 if cfg.probe_every else self.schedule(step, "eval")))
+        raise ValueError(what)
 
     def __repr__(self):
         return f"<Run {self.run_dir.path} {self.state} step {self.step}/{self.total_steps}>"
@@ -100,6 +118,10 @@ def prepare_data(cfg, data, val_data, run_dir):
                                                                                    cfg.columns)
     else:
         train_set, val_set = train_set.split(cfg.val_fraction, cfg.seed)
+    if cfg.replay_fraction:
+        replay = replay_examples(cfg, len(train_set))
+        train_set = ChatData(train_set.examples + replay, train_set.report)
+        train_set.replay = len(replay)
     (run_dir.path / "data").mkdir(parents=True, exist_ok=True)
     write_text(run_dir.path / "data" / "train.jsonl", train_set.to_jsonl())
     write_text(run_dir.path / "data" / "val.jsonl", val_set.to_jsonl())
@@ -111,7 +133,7 @@ def write_data_summary(run_dir, train_set, val_set):
         "source": train_set.report.source, "format": train_set.report.format,
         "train_examples": len(train_set), "val_examples": len(val_set),
         "train_hash": train_set.content_hash(), "val_hash": val_set.content_hash(),
-        "train_tokens": sum(len(t) for t in train_set.tokenized),
+        "train_tokens": sum(len(t) for t in train_set.tokenized), "replay_examples": getattr(train_set, "replay", 0),
         "report": train_set.report.summary(),
         "val_report": val_set.report.summary() if val_set.report is not train_set.report else None})
 
@@ -293,18 +315,25 @@ def _fit(run, cfg, run_dir, bus, subscribers, progress, device, model_path, resu
     model, tok = run.model, run.tokenizer
     examples, val_examples = run.train_data.tokenized, run.val_data.tokenized
     plan = StepPlan(len(examples), cfg.batch_size, cfg.epochs, cfg.max_steps, cfg.seed)
-    run.total_steps = plan.total_steps
+    run.total_steps, run.steps_per_epoch, run.model_path = plan.total_steps, plan.steps_per_epoch, model_path
+    run.emit = lambda kind, step, **data: bus.emit(kind, step, run, **data)
     max_tokens = auto_micro_batch_tokens(cfg, device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(model, cfg, device)
     scheduler = make_scheduler(optimizer, cfg, plan.total_steps)
     parts = split_head(model)
-    state = {"step": 0, "tokens": 0, "targets": 0, "train_s": 0.0, "elapsed_s": 0.0, "best": None}
+    if cfg.l2sp_alpha:  # anchored to the starting weights, so taken before a checkpoint is loaded
+        run.extra_loss.append(L2SP(cfg, model))
+    if cfg.kl_beta:
+        run.extra_loss.append(KLToBase(cfg, run))
+    state = {"step": 0, "tokens": 0, "targets": 0, "train_s": 0.0, "elapsed_s": 0.0}
     if resume_from is not None:
         state.update(ckpt.load_checkpoint(resume_from, model, optimizer, scheduler))
         run_dir.truncate_metrics(state["step"])
     run.step = step = state["step"]
     write_json(run_dir.path / "meta.json", _meta(model, model_path, device, max_tokens))
+    if cfg.probe:
+        bus.subscribe(ForgettingProbe(cfg))
     for sub in subscribers:
         bus.subscribe(sub)
     if progress:
@@ -317,20 +346,19 @@ def _fit(run, cfg, run_dir, bus, subscribers, progress, device, model_path, resu
     def save(step, end=False):
         state.update(step=step, elapsed_s=time.perf_counter() - t_start)
         folder = ckpt.save_checkpoint(run_dir.checkpoints_path / f"step-{step}", model, optimizer, scheduler, state)
-        protect = {state["best"]} if state.get("best") is not None else set()
-        run_dir.prune_checkpoints(cfg.keep_checkpoints, protect=protect)
+        run_dir.prune_checkpoints(cfg.keep_checkpoints, protect={run.best_checkpoint})
         bus.emit("checkpoint", step, run, path=str(folder), end=end)
 
-    def val_and_samples(step):
-        if val_examples:
-            val = evaluate(model, val_examples, max_tokens, cfg, device, parts)
-            samples = [{"prompt": p, "answer": a} for p, a in
-                       zip(cfg.sample_prompts, generate(model, tok, cfg.sample_prompts, 48))] if cfg.sample_prompts else []
-            bus.emit("eval", step, run, epoch=round(plan.epoch_of(step), 4), val_loss=val,
-                     elapsed_s=round(time.perf_counter() - t_start, 3), samples=samples)
+    def validate(step):
+        val = evaluate(model, val_examples, max_tokens, cfg, device, parts)
+        samples = [{"prompt": p, "answer": a} for p, a in
+                   zip(cfg.sample_prompts, generate(model, tok, cfg.sample_prompts, 48))] if cfg.sample_prompts else []
+        bus.emit("eval", step, run, epoch=round(plan.epoch_of(step), 4), val_loss=val,
+                 elapsed_s=round(time.perf_counter() - t_start, 3), samples=samples)
 
     run_loss = torch.zeros((), device=device)
-    run_targets, log_tokens, log_train_s, stopped = 0, 0, 0.0, False
+    run_reg = torch.zeros((), device=device)
+    run_targets, run_steps, log_tokens, log_train_s = 0, 0, 0, 0.0
     grad_norm = torch.zeros((), device=device)
     model.train()
     while step < plan.total_steps:
@@ -343,13 +371,17 @@ def _fit(run, cfg, run_dir, bus, subscribers, progress, device, model_path, resu
             batch = pack(group).to(device)
             with autocast(cfg, device):
                 loss = loss_sum(model, batch, parts) / n_targets
-                for extra in run.extra_loss:
-                    loss = loss + extra(model, batch, step) * (batch.n_targets / n_targets)
             loss.backward()
             run_loss += loss.detach() * n_targets
             state["tokens"] += batch.n_tokens
             log_tokens += batch.n_tokens
+        for extra in run.extra_loss:  # regularisers (mitigations): once per step, their own backward
+            with autocast(cfg, device):
+                reg = extra(model, step)
+            reg.backward()
+            run_reg += reg.detach()
         run_targets += n_targets
+        run_steps += 1
         state["targets"] += n_targets
         if cfg.max_grad_norm > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -359,9 +391,8 @@ def _fit(run, cfg, run_dir, bus, subscribers, progress, device, model_path, resu
         step += 1
         run.step = step
         end = step == plan.total_steps
-        if step % cfg.log_every == 0 or end:
+        if step % cfg.log_every == 0 or end or run.schedule(step, "eval") or run.schedule(step, "probe"):
             loss_value = (run_loss / run_targets).item()  # the one host sync per logging interval
-            gn = float(grad_norm)
             log_train_s += time.perf_counter() - t0
             state["train_s"] += log_train_s
             if not math.isfinite(loss_value):
@@ -369,35 +400,36 @@ def _fit(run, cfg, run_dir, bus, subscribers, progress, device, model_path, resu
                                f"(now {cfg.learning_rate}), keep max_grad_norm > 0, or add warmup_steps; "
                                "the last checkpoint before it is intact")
             row = {"epoch": round(plan.epoch_of(step), 4), "loss": loss_value, "lr": scheduler.get_last_lr()[0],
-                   "grad_norm": gn, "tokens": state["tokens"], "targets": state["targets"],
+                   "grad_norm": float(grad_norm), "tokens": state["tokens"], "targets": state["targets"],
                    "tokens_per_s": round(log_tokens / max(log_train_s, 1e-9), 1),
                    "elapsed_s": round(time.perf_counter() - t_start, 3), "train_s": round(state["train_s"], 3)}
+            if run.extra_loss:
+                row["reg_loss"] = float(run_reg) / run_steps
             if device.type == "cuda":
                 row["mem_gb"] = round(torch.cuda.max_memory_allocated(device) / 1e9, 3)
             bus.emit("log", step, run, **row)
             run_loss.zero_()
-            run_targets, log_tokens, log_train_s = 0, 0, 0.0
+            run_reg.zero_()
+            run_targets, run_steps, log_tokens, log_train_s = 0, 0, 0, 0.0
         else:
             log_train_s += time.perf_counter() - t0
-        if run.stop_event.is_set() or run_dir.stop_requested():
-            stopped = True
+        if not end and (run.stop_event.is_set() or run_dir.stop_requested()):
             break
-        if (cfg.eval_every and step % cfg.eval_every == 0) or (not cfg.eval_every and plan.is_epoch_end(step)) or end:
-            val_and_samples(step)
-        if not end and ((cfg.save_every and step % cfg.save_every == 0) or
-                        (not cfg.save_every and plan.is_epoch_end(step))):
+        if val_examples and run.schedule(step, "eval"):
+            validate(step)
+        if run.schedule(step, "save"):
             save(step)
     # cleanup: a stopped run keeps a checkpoint to resume from; a finished one writes its weights
-    if stopped:
+    if step < plan.total_steps:
         save(step)
         run_dir.stop_path.unlink(missing_ok=True)
-        bus.emit("stopped", step, run, output=None)
+        bus.emit("stopped", step, run, output=None, reason=run.stop_reason or "stop requested")
         return run
     save(step, end=True)
     out = run_dir.path / ("adapter" if cfg.method == "lora" else "model")
     base_name = DEFAULT_HUB_ID if cfg.model == "default" else model_path if cfg.model == "tiny" else cfg.model
     ckpt.atomic_dir(out, lambda tmp: ckpt.save_weights(model, tok, tmp, base_name))
-    bus.emit("finished", step, run, output=str(out), best_checkpoint=state.get("best"))
+    bus.emit("finished", step, run, output=str(out), best_checkpoint=run.best_checkpoint)
     return run
 
 

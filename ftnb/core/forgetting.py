@@ -1,0 +1,183 @@
+"""Forgetting during training: the probe as a subscriber, the forgetting budget, and the mitigations.
+
+ForgettingProbe   probes at step 0 (the baseline), every `probe_every` steps (or at each evaluation) and at the end;
+                  writes `probe/step-N.json` and a metrics line with a `probe` field; applies the budget.
+replay_examples   general examples mixed into the training set (replay).
+KLToBase          beta x KL(base || current) on general examples, added to the loss each step.
+L2SP              alpha/2 x ||theta - theta_0||^2 for full fine-tuning.
+"""
+import hashlib
+import json
+import random
+from pathlib import Path
+
+import torch
+
+from .batching import pack, tokenize_data
+from .data import bundled, load_examples
+from .generate import base_model_context
+from .loss import split_head
+from .models import cache_dir
+from .probe import ProbeSuite, run_probe, summarize, topk_kl
+from .rundir import read_json, write_json
+
+
+def model_identity(path):
+    """A string that changes when the model's weights change: its folder and its weight files' sizes and times."""
+    p = Path(str(path))
+    if not p.is_dir():
+        return None
+    files = sorted(p.glob("*.safetensors"))
+    return json.dumps([str(p.resolve())] + [(f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in files])
+
+
+def baseline_cache_path(model_path, suite, model):
+    ident = model_identity(model_path)
+    if ident is None:
+        return None
+    p = next(model.parameters())
+    key = hashlib.sha256(f"{ident}|{suite.fingerprint()}|{p.device.type}|{p.dtype}".encode()).hexdigest()[:24]
+    return cache_dir() / "probe" / f"{key}.json"
+
+
+def probe_baseline(model, tokenizer, suite, model_path=None):
+    """The base model's probe results: from the per-model cache, or measured now with adapters disabled."""
+    path = baseline_cache_path(model_path, suite, model) if model_path else None
+    if path is not None and path.exists():
+        cached = read_json(path, default=None)
+        if cached:
+            return cached, True
+    with base_model_context(model):
+        base = run_probe(model, tokenizer, suite)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, base)
+    return base, False
+
+
+class ForgettingProbe:
+    """Subscriber: runs the probe on the schedule, records it, and enforces the forgetting budget."""
+
+    def __init__(self, cfg, suite=None):
+        self.cfg = cfg
+        self.suite = suite or ProbeSuite.default(cfg.probe_items or None)
+        self.baseline = None
+        self.last = {}  # step -> summary
+        self.best = None  # (val_loss, step) of the best checkpoint within budget
+
+    def on_event(self, ev):
+        run = ev.run
+        if ev.kind == "start":
+            self._start(ev, run)
+        elif ev.kind == "log" and run.schedule(ev.step, "probe"):
+            self.probe(run, ev.step)
+        elif ev.kind == "eval" and ev.step in self.last:
+            s = self.last[ev.step]
+            within = s["retention"] is None or s["retention"] >= self.cfg.min_retention
+            if within and (self.best is None or ev.data["val_loss"] < self.best[0]):
+                self.best = (ev.data["val_loss"], ev.step)
+                run.best_checkpoint = ev.step
+                write_json(run.run_dir.path / "probe" / "best.json",
+                           {"step": ev.step, "val_loss": ev.data["val_loss"], "retention": s["retention"],
+                            "min_retention": self.cfg.min_retention})
+
+    def _start(self, ev, run):
+        folder = run.run_dir.path / "probe"
+        folder.mkdir(exist_ok=True)
+        saved = read_json(folder / "baseline.json", default=None)
+        if saved and saved.get("fingerprint") == self.suite.fingerprint():
+            self.baseline = saved["result"]
+        else:
+            self.baseline, cached = probe_baseline(run.model, run.tokenizer, self.suite, run.model_path)
+            write_json(folder / "baseline.json", {"fingerprint": self.suite.fingerprint(), "cached": cached,
+                                                  "result": self.baseline})
+        best = read_json(folder / "best.json", default=None)
+        if best and best["step"] <= ev.step:
+            self.best = (best["val_loss"], best["step"])
+            run.best_checkpoint = best["step"]
+        if ev.step == 0:  # the model at step 0 is the base model: its probe is the baseline
+            self._record(run, 0, self.baseline)
+
+    def probe(self, run, step):
+        result = run_probe(run.model, run.tokenizer, self.suite, baseline=self.baseline)
+        return self._record(run, step, result)
+
+    def _record(self, run, step, result):
+        s = summarize(self.suite, result, self.baseline)
+        if step == 0:
+            s["kl"] = 0.0
+        self.last[step] = s
+        write_json(run.run_dir.path / "probe" / f"step-{step}.json",
+                   {"step": step, "summary": s, "mc_pred": result["mc"]["pred"], "mc_logprob": result["mc"]["logprob"],
+                    "kl_per_prompt": result.get("kl", {}).get("per_prompt"), "gen": result.get("gen"),
+                    "seconds": result["seconds"]})
+        run.emit("probe", step, probe=s)
+        if step and self.cfg.budget_action == "stop" and s["retention"] is not None \
+                and s["retention"] < self.cfg.min_retention:
+            run.request_stop()
+            run.stop_reason = (f"retention {s['retention']:.1%} fell below the budget {self.cfg.min_retention:.0%} "
+                               f"at step {step}")
+        return s
+
+
+# -- mitigations -------------------------------------------------------------------------------------------------------
+
+def replay_examples(cfg, n_train):
+    """General examples to mix in: replay_fraction of the resulting training set, drawn with the run's seed."""
+    source = cfg.replay_data or bundled("general_instructions.jsonl")
+    pool = load_examples(source).require_usable().examples
+    n = round(cfg.replay_fraction / (1 - cfg.replay_fraction) * n_train)
+    rng = random.Random(cfg.seed + 17)
+    return [pool[i % len(pool)] for i in rng.sample(range(max(n, len(pool))), n)] if n else []
+
+
+class KLToBase:
+    """beta x KL(base || current) on a few general examples per step (the base's top-k log-probabilities are
+    computed once, with adapters disabled, and kept in the run directory for resume)."""
+    per_step = 4
+
+    def __init__(self, cfg, run, n_pool=64):
+        self.beta, self.seed = cfg.kl_beta, cfg.seed
+        data = load_examples(cfg.replay_data or bundled("general_instructions.jsonl"))
+        data.examples = data.examples[:n_pool]
+        self.pool = tokenize_data(data, run.tokenizer, min(cfg.max_seq_len, 256))
+        path = run.run_dir.path / "probe" / "kl_reference.pt"
+        if path.exists():
+            self.ref = torch.load(path, weights_only=True)
+        else:
+            with base_model_context(run.model), torch.no_grad():
+                self.ref = [self._logp(run.model, [ex])[0].topk(32, -1) for ex in self.pool]
+            self.ref = [(r.indices.cpu(), r.values.cpu()) for r in self.ref]
+            path.parent.mkdir(exist_ok=True)
+            torch.save(self.ref, path)
+
+    @staticmethod
+    def _logp(model, examples):
+        """Log-probabilities at each example's target positions, one tensor per example."""
+        device = next(model.parameters()).device
+        batch = pack(examples).to(device)
+        backbone, head = split_head(model)
+        hidden = backbone(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).last_hidden_state[0]
+        out, o = [], 0
+        for ex in examples:
+            pos = [o + t for t in range(len(ex) - 1) if ex.mask[t + 1]]
+            out.append(torch.log_softmax(head(hidden[pos]).float(), -1))
+            o += len(ex)
+        return out
+
+    def __call__(self, model, step):
+        idx = random.Random(self.seed * 7919 + step).sample(range(len(self.pool)), min(self.per_step, len(self.pool)))
+        logq = self._logp(model, [self.pool[i] for i in idx])
+        return self.beta * torch.cat([topk_kl(self.ref[i], q) for i, q in zip(idx, logq)]).mean()
+
+
+class L2SP:
+    """alpha/2 x ||theta - theta_0||^2 over the trained weights (keeps a copy of the starting weights)."""
+
+    def __init__(self, cfg, model):
+        self.alpha = cfg.l2sp_alpha
+        self.anchor = [(p, p.detach().clone()) for p in model.parameters() if p.requires_grad]
+
+    def __call__(self, model, step):
+        return 0.5 * self.alpha * sum(((p - p0) ** 2).sum() for p, p0 in self.anchor)
+
