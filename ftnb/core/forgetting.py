@@ -63,7 +63,7 @@ class ForgettingProbe:
         self.suite = suite or ProbeSuite.default(cfg.probe_items or None)
         self.baseline = None
         self.last = {}  # step -> summary
-        self.best = None  # (val_loss, step) of the best checkpoint within budget
+        self.points = []  # (step, val_loss, retention) at each evaluation that had a probe
 
     def on_event(self, ev):
         run = ev.run
@@ -72,14 +72,12 @@ class ForgettingProbe:
         elif ev.kind == "log" and run.schedule(ev.step, "probe"):
             self.probe(run, ev.step)
         elif ev.kind == "eval" and ev.step in self.last:
-            s = self.last[ev.step]
-            within = s["retention"] is None or s["retention"] >= self.cfg.min_retention
-            if within and (self.best is None or ev.data["val_loss"] < self.best[0]):
-                self.best = (ev.data["val_loss"], ev.step)
-                run.best_checkpoint = ev.step
-                write_json(run.run_dir.path / "probe" / "best.json",
-                           {"step": ev.step, "val_loss": ev.data["val_loss"], "retention": s["retention"],
-                            "min_retention": self.cfg.min_retention})
+            self.points.append((ev.step, ev.data["val_loss"], self.last[ev.step]["retention"]))
+            best = best_within_budget(self.points, self.cfg.min_retention)
+            if best is not None and best != run.best_checkpoint:
+                run.best_checkpoint = best
+            write_json(run.run_dir.path / "probe" / "budget.json",
+                       {"min_retention": self.cfg.min_retention, "best_step": best, "points": self.points})
 
     def _start(self, ev, run):
         folder = run.run_dir.path / "probe"
@@ -91,10 +89,10 @@ class ForgettingProbe:
             self.baseline, cached = probe_baseline(run.model, run.tokenizer, self.suite, run.model_path)
             write_json(folder / "baseline.json", {"fingerprint": self.suite.fingerprint(), "cached": cached,
                                                   "result": self.baseline})
-        best = read_json(folder / "best.json", default=None)
-        if best and best["step"] <= ev.step:
-            self.best = (best["val_loss"], best["step"])
-            run.best_checkpoint = best["step"]
+        budget = read_json(folder / "budget.json", default=None)
+        if budget:  # resumed: keep the points measured before the stop
+            self.points = [tuple(p) for p in budget["points"] if p[0] <= ev.step]
+            run.best_checkpoint = best_within_budget(self.points, self.cfg.min_retention)
         if ev.step == 0:  # the model at step 0 is the base model: its probe is the baseline
             self._record(run, 0, self.baseline)
 
@@ -118,6 +116,13 @@ class ForgettingProbe:
             run.stop_reason = (f"retention {s['retention']:.1%} fell below the budget {self.cfg.min_retention:.0%} "
                                f"at step {step}")
         return s
+
+
+def best_within_budget(points, min_retention):
+    """The step with the lowest validation loss among (step, val_loss, retention) points whose retention is within
+    the budget (a point without a probe result counts as within); None when none is."""
+    ok = [(val, step) for step, val, ret in points if ret is None or ret >= min_retention]
+    return min(ok)[1] if ok else None
 
 
 # -- mitigations -------------------------------------------------------------------------------------------------------
