@@ -3,6 +3,7 @@ __version__ = "0.1.0"
 
 from .core import *  # noqa: F401,F403
 from .core import __all__ as _core_all
+from .core.data import bundled
 
 
 def Studio(*args, **kwargs):
@@ -11,4 +12,4 @@ def Studio(*args, **kwargs):
     return _Studio(*args, **kwargs)
 
 
-__all__ = ["__version__", "Studio", *_core_all]
+__all__ = ["__version__", "Studio", "bundled", *_core_all]

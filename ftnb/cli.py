@@ -101,6 +101,17 @@ def cmd_export(args):
           + (f" (the base model differs by {res['base_vs_tuned_gap']:.2f})" if res["base_vs_tuned_gap"] else ""))
 
 
+def cmd_probe(args):
+    from .core.probe import format_summary
+    from .core.rundir import RunDir
+    from .core.forgetting import probe_run, probe_model
+    if RunDir(args.target).config_path.exists():
+        summary = probe_run(args.target, items=args.items)
+    else:
+        summary = probe_model(args.target, base=args.base, items=args.items)
+    print(format_summary(summary))
+
+
 def cmd_demo(args):
     from .demo import run_demo
     ok = run_demo(output_dir=args.output_dir, epochs=args.epochs, model=args.model)
@@ -141,6 +152,12 @@ def main(argv=None):
     p.add_argument("prompts", nargs="+")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.set_defaults(fn=cmd_generate)
+
+    p = sub.add_parser("probe", help="measure forgetting: a run against its base model, or a model")
+    p.add_argument("target", help="a run directory, or a model (name or folder)")
+    p.add_argument("--base", help="for a model: the model it was tuned from (default: compare with itself)")
+    p.add_argument("--items", help="your own probe items (JSONL), added to the bundled set")
+    p.set_defaults(fn=cmd_probe)
 
     p = sub.add_parser("export", help="merge a LoRA run into a standard transformers folder and verify it")
     p.add_argument("run")

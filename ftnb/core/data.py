@@ -60,6 +60,7 @@ class DataReport:
     usable: int = 0
     truncated: int = 0
     problems: list = field(default_factory=list)
+    columns: list = field(default_factory=list)  # the fields seen in the first rows (for a column mapping)
     row_unit: str = "row"  # "line" for JSONL and CSV: the number a text editor shows
 
     def summary(self, max_problems=50):
@@ -406,10 +407,10 @@ def load_examples(source, data_format="auto", columns=None):
         examples.append(ex)
 
     for n, rec in rows:
+        if report.rows < 50 and isinstance(rec, dict):
+            seen_keys |= set(map(str, rec))
         if fmt is None:  # detect from the keys of the first rows
             pending.append((n, rec))
-            if isinstance(rec, dict):
-                seen_keys |= set(rec)
             if len(pending) < 50:
                 continue
             fmt, cols = _detected(seen_keys, cols, label)
@@ -424,7 +425,7 @@ def load_examples(source, data_format="auto", columns=None):
         fmt, cols = _detected(seen_keys, cols, label)
         for item in pending:
             take(*item)
-    report.format, report.usable = fmt, len(examples)
+    report.format, report.usable, report.columns = fmt, len(examples), sorted(seen_keys)
     return ChatData(examples, report)
 
 

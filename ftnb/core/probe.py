@@ -35,8 +35,8 @@ class ProbeSuite:
     prompts: list = field(default_factory=list)    # general prompts for the drift measurement
     questions: list = field(default_factory=list)  # {"question", "expect": [substrings]}
     texts: list = field(default_factory=list)      # general text for perplexity
-    text_tokens: int = 1024                        # perplexity on at most this many tokens
-    kl_tokens: int = 16                            # drift measured along the first tokens of each base answer
+    text_tokens: int = 768                         # perplexity on at most this many tokens
+    kl_tokens: int = 12                            # drift measured along the first tokens of each base answer
     answer_tokens: int = 24                        # length of the kept greedy answers
 
     @classmethod

@@ -1,0 +1,78 @@
+"""Run comparison: pick runs from a folder, overlay their curves, see how their configs differ, and place them on the
+learning-versus-forgetting plane (validation loss against retention) with the Pareto front highlighted."""
+import ipywidgets as w
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from ..core.compare import compare_runs
+from ..core.rundir import list_runs
+from ._common import LiveChart, Panel, esc, message
+
+
+def trade_off_figure(result):
+    """Validation loss (x) against retention (y), one point per run; the Pareto front joined by a line."""
+    fig = go.Figure()
+    pts = [(r["name"], p) for r, p in zip(result["runs"], result["points"]) if p is not None]
+    fig.add_scatter(x=[p[0] for _, p in pts], y=[p[1] for _, p in pts], text=[n for n, _ in pts], mode="markers+text",
+                    textposition="top center", name="runs")
+    front = [result["points"][i] for i in result["pareto"]]
+    fig.add_scatter(x=[p[0] for p in front], y=[p[1] for p in front], mode="lines+markers", name="Pareto front",
+                    marker=dict(size=12, symbol="star"))
+    fig.update_layout(xaxis_title="task validation loss (lower learns more)",
+                      yaxis_title="retention (higher forgets less)", height=360, margin=dict(l=50, r=10, t=30, b=40))
+    return fig
+
+
+class RunComparison(Panel):
+    """cmp = RunComparison("runs"); cmp.select([...paths]); cmp.result -> compare_runs(...) data."""
+
+    def __init__(self, folder="runs", static=None):
+        self.result = None
+        self.folder = w.Text(value=str(folder), description="folder")
+        self.refresh_button = w.Button(description="Refresh", icon="refresh")
+        self.refresh_button.on_click(lambda _: self.refresh())
+        self.picker = w.SelectMultiple(options=[], rows=6, description="runs", layout=w.Layout(width="520px"))
+        self.picker.observe(lambda ch: self.select(list(ch["new"])), names="value")
+        fig = make_subplots(rows=1, cols=2, subplot_titles=("train loss", "validation loss"))
+        fig.update_layout(height=300, margin=dict(l=40, r=10, t=40, b=30))
+        self.curves = LiveChart(fig, static=static)
+        self.scatter = LiveChart(trade_off_figure({"runs": [], "points": [], "pareto": []}), static=static)
+        self.diff = w.HTML()
+        self.msg = w.HTML()
+        self.root = w.VBox([w.HBox([self.folder, self.refresh_button]), self.picker, self.msg, self.curves.widget,
+                            w.HTML("<b>Settings that differ</b>"), self.diff,
+                            w.HTML("<b>Learning versus forgetting</b>"), self.scatter.widget])
+        self.refresh()
+
+    def refresh(self):
+        runs = list_runs(self.folder.value)
+        self.picker.options = [(f"{r['name']} ({r['state']})", r["path"]) for r in runs]
+        self.msg.value = message("info", f"{len(runs)} runs in {self.folder.value}") if runs else \
+            message("warn", f"no runs in {self.folder.value}")
+        return runs
+
+    def select(self, paths):
+        self.result = res = compare_runs(paths)
+        fig = self.curves.fig
+        n = len(res["runs"])
+        with_traces = len(fig.data)
+        if with_traces != 2 * n:  # the number of runs changed: rebuild the traces (not a live update)
+            fig.data = []
+            for r in res["runs"]:
+                fig.add_scatter(x=[], y=[], mode="lines", name=r["name"], legendgroup=r["name"], row=1, col=1)
+                fig.add_scatter(x=[], y=[], mode="lines+markers", name=r["name"], legendgroup=r["name"],
+                                showlegend=False, row=1, col=2)
+        self.curves.update({2 * i + k: {"x": np.asarray(r[part][0]), "y": np.asarray(r[part][1]), "name": r["name"]}
+                            for i, r in enumerate(res["runs"]) for k, part in enumerate(("train", "val"))}, force=True)
+        new = trade_off_figure(res)
+        self.scatter.update({i: new.data[i].to_plotly_json() for i in range(2)}, force=True)
+        names = [r["name"] for r in res["runs"]]
+        if res["config_diff"]:
+            head = "".join(f"<th>{esc(n)}</th>" for n in names)
+            body = "".join(f"<tr><td><code>{esc(k)}</code></td>{''.join(f'<td>{esc(v)}</td>' for v in vals)}</tr>"
+                           for k, vals in res["config_diff"].items() if k not in ("run_name",))
+            self.diff.value = f"<table style='font-size:0.88em'><tr><th>setting</th>{head}</tr>{body}</table>"
+        else:
+            self.diff.value = message("info", "same settings" if n > 1 else "pick two or more runs")
+        return res

@@ -1,0 +1,323 @@
+"""The dataset builder: load examples (file, upload, Python object, Hub name), see how they were read, page through
+them, edit them turn by turn, see the validation report, the rendered template with the trained tokens highlighted,
+the token-length histogram and the train/validation split. Every edit is saved at once to a JSONL file."""
+from pathlib import Path
+
+import ipywidgets as w
+import plotly.graph_objects as go
+
+from ..core.batching import chat_segments, tokenize_example
+from ..core.data import FORMAT_COLUMNS, ChatData, DataReport, RowProblem, load_examples, load_examples_from_bytes, \
+    normalise
+from ..core.errors import DataError
+from ..core.rundir import write_text
+from ._common import LiveChart, Panel, esc, message
+
+PAGE = 10
+
+
+def unique_path(path):
+    """`path`, or path-2, path-3 ... so that nothing already there is overwritten."""
+    p, n = Path(path), 2
+    while p.exists():
+        p = Path(path).with_name(f"{Path(path).stem}-{n}{Path(path).suffix}")
+        n += 1
+    return p
+
+
+class DatasetBuilder(Panel):
+    """builder = DatasetBuilder.from_source("faq.jsonl"); builder.dataset -> ChatData of the current examples."""
+
+    def __init__(self, examples=None, source="new dataset", autosave="ftnb-dataset.jsonl", tokenizer=None,
+                 model="default"):
+        self.autosave_path = Path(autosave) if autosave else None
+        self.tokenizer, self.model_name = tokenizer, model
+        self.report = DataReport(source)
+        self.examples = list(examples or [])
+        if not self.examples and self.autosave_path and self.autosave_path.exists():  # the kernel died: restore
+            restored = load_examples(self.autosave_path)
+            self.examples, self.report = restored.examples, restored.report
+            self.report.source = f"{self.autosave_path} (restored)"
+        elif self.examples and self.autosave_path and self.autosave_path.exists():
+            self.autosave_path = unique_path(self.autosave_path)  # never overwrite an earlier dataset
+        self.selected = 0
+        self.page = 0
+        self._build()
+        self._refresh()
+
+    @classmethod
+    def from_source(cls, source, data_format="auto", columns=None, **kw):
+        b = cls(**kw)
+        b.load(source, data_format, columns)
+        return b
+
+    # -- plain functions (the buttons call these) --
+    @property
+    def dataset(self):
+        """The current examples as ChatData (what the monitor trains on)."""
+        return ChatData(list(self.examples), self.report)
+
+    def load(self, source, data_format="auto", columns=None):
+        data = load_examples(source, data_format, columns)
+        self._source = (source, data_format)
+        self.examples, self.report = data.examples, data.report
+        self.selected, self.page = 0, 0
+        if self.autosave_path and self.autosave_path.exists():
+            self.autosave_path = unique_path(self.autosave_path)
+        self._save()
+        self._refresh()
+        return data
+
+    def load_upload(self, name, content):
+        suffix = Path(name).suffix.lower()
+        data = load_examples_from_bytes(bytes(content), suffix, name)
+        self.examples, self.report = data.examples, data.report
+        self.selected, self.page = 0, 0
+        self._save()
+        self._refresh()
+        return data
+
+    def add_example(self, messages):
+        ex = self._check(messages)
+        ex.row = len(self.examples) + 1
+        self.examples.append(ex)
+        self.selected = len(self.examples) - 1
+        self._save()
+        self._refresh()
+        return self.selected
+
+    def update_example(self, i, messages):
+        ex = self._check(messages)
+        ex.row = self.examples[i].row
+        self.examples[i] = ex
+        self._save()
+        self._refresh()
+
+    def delete_example(self, i):
+        del self.examples[i]
+        self.selected = min(self.selected, max(0, len(self.examples) - 1))
+        self._save()
+        self._refresh()
+
+    def split(self, val_fraction=None, seed=None):
+        return self.dataset.split(self.val_fraction.value if val_fraction is None else val_fraction,
+                                  self.seed.value if seed is None else seed)
+
+    def _check(self, messages):
+        try:
+            return normalise({"messages": messages}, "messages", {"messages": "messages"})
+        except RowProblem as p:
+            raise DataError(p.reason, field=p.field) from None
+
+    def _save(self):
+        if self.autosave_path:
+            self.autosave_path.parent.mkdir(parents=True, exist_ok=True)
+            write_text(self.autosave_path, ChatData(self.examples, self.report).to_jsonl())
+
+    def _tok(self):
+        if self.tokenizer is None:
+            from ..core.models import load_tokenizer, resolve_model
+            self.tokenizer = load_tokenizer(resolve_model(self.model_name))
+        return self.tokenizer
+
+    def render_html(self, i):
+        """The example as the model sees it: the chat template, with the tokens trained on highlighted."""
+        ex = self.examples[i]
+        tok = self._tok()
+        if ex.text is not None:
+            return f'<pre style="white-space:pre-wrap"><mark>{esc(ex.text)}</mark></pre>'
+        parts = [f'<mark style="background:#c8e6c9">{esc(t)}</mark>' if trained else esc(t)
+                 for t, trained in chat_segments(tok, ex.messages)]
+        n = len(tokenize_example(tok, ex, 10 ** 9))
+        return (f'<div style="font-size:0.85em;color:#555">{n} tokens; highlighted: trained on</div>'
+                f'<pre style="white-space:pre-wrap;font-size:0.85em">{"".join(parts)}</pre>')
+
+    def token_lengths(self):
+        tok = self._tok()
+        return [len(tokenize_example(tok, ex, 10 ** 9)) for ex in self.examples]
+
+    # -- view --
+    def _build(self):
+        self.upload = w.FileUpload(accept=".jsonl,.json,.csv,.tsv,.parquet", multiple=False, description="Upload")
+        self.upload.observe(self._on_upload, names="value")
+        self.hub_name = w.Text(placeholder="file path or Hub dataset (name or name:split)", layout=w.Layout(width="380px"))
+        self.load_button = w.Button(description="Load", icon="download")
+        self.load_button.on_click(lambda _: self._guard(self.load, self.hub_name.value.strip()))
+        self.format_html = w.HTML()
+        self.mapping = {}
+        self.mapping_box = w.HBox()
+        self.format_choice = w.Dropdown(options=["auto", *FORMAT_COLUMNS], description="format")
+        self.remap_button = w.Button(description="Re-read with mapping", icon="refresh")
+        self.remap_button.on_click(lambda _: self._guard(self._remap))
+        self.table = w.HTML()
+        self.prev_button, self.next_button = w.Button(icon="arrow-left"), w.Button(icon="arrow-right")
+        self.prev_button.on_click(lambda _: self._goto_page(self.page - 1))
+        self.next_button.on_click(lambda _: self._goto_page(self.page + 1))
+        self.page_label = w.Label()
+        self.pick = w.BoundedIntText(min=1, max=1, description="example #")
+        self.pick.observe(lambda ch: self._select(ch["new"] - 1), names="value")
+        self.turns = w.VBox()
+        self.add_turn_button = w.Button(description="Add turn", icon="plus")
+        self.add_turn_button.on_click(lambda _: self._add_turn_row())
+        self.save_button = w.Button(description="Save example", icon="save", button_style="primary")
+        self.save_button.on_click(lambda _: self._guard(self._save_editor))
+        self.new_button = w.Button(description="New example", icon="file")
+        self.new_button.on_click(lambda _: self._new_editor())
+        self.delete_button = w.Button(description="Delete example", icon="trash", button_style="danger")
+        self.delete_button.on_click(lambda _: self._guard(self.delete_example, self.selected) if self.examples else None)
+        self.editing = None  # index being edited, None for a new example
+        self.editor_msg = w.HTML()
+        self.report_html = w.HTML()
+        self.template_html = w.HTML()
+        self.show_template = w.Button(description="Show template and tokens", icon="eye")
+        self.show_template.on_click(lambda _: self._guard(self._draw_tokens))
+        self.hist = LiveChart(go.Figure(data=[go.Histogram(x=[], nbinsx=30, name="tokens")],
+                                        layout=dict(height=220, margin=dict(l=40, r=10, t=30, b=30),
+                                                    title="tokens per example")))
+        self.val_fraction = w.FloatSlider(value=0.1, min=0, max=0.5, step=0.05, description="validation")
+        self.seed = w.IntText(value=42, description="seed")
+        self.split_html = w.HTML()
+        self.val_fraction.observe(lambda _: self._draw_split(), names="value")
+        self.root = w.VBox([
+            w.HBox([self.upload, self.hub_name, self.load_button]), self.format_html,
+            w.HBox([self.format_choice, self.remap_button]), self.mapping_box,
+            self.table, w.HBox([self.prev_button, self.page_label, self.next_button, self.pick]),
+            w.HTML("<b>Edit</b>"), self.turns, w.HBox([self.add_turn_button, self.save_button, self.new_button,
+                                                       self.delete_button]), self.editor_msg,
+            w.HTML("<b>Validation</b>"), self.report_html,
+            w.HBox([self.show_template]), self.template_html, self.hist.widget,
+            w.HBox([self.val_fraction, self.seed]), self.split_html])
+
+    def _guard(self, fn, *args):
+        self.editor_msg.value = ""
+        try:
+            fn(*args)
+        except (DataError, OSError, ValueError) as e:
+            self.editor_msg.value = message("error", str(e))
+
+    def _on_upload(self, change):
+        files = change["new"]
+        if isinstance(files, dict):  # ipywidgets 7 (Colab): {name: {"content": bytes, "metadata": ...}}
+            files = [{"name": k, "content": v["content"]} for k, v in files.items()]
+        if files:
+            f = files[0]
+            self._guard(self.load_upload, f["name"], f["content"])
+
+    def _remap(self):
+        cols = {role: dd.value for role, dd in self.mapping.items() if dd.value}
+        fmt = self.format_choice.value
+        source = getattr(self, "_source", (None, None))[0]
+        if source is None:
+            raise DataError("load a file or object first; the mapping re-reads it")
+        self.load(source, fmt, cols or None)
+
+    def _refresh(self):
+        n = len(self.examples)
+        r = self.report
+        self.format_html.value = (f"<b>{esc(r.source)}</b>: format <code>{esc(r.format)}</code>, {n} examples"
+                                  + (f", {len(r.problems)} bad rows" if r.problems else "")
+                                  + (f" &middot; autosaved to <code>{esc(self.autosave_path)}</code>"
+                                     if self.autosave_path else ""))
+        roles = FORMAT_COLUMNS.get(r.format, ())
+        keys = list(r.columns)
+        self.mapping = {role: w.Dropdown(options=[""] + keys, description=role, layout=w.Layout(width="220px"))
+                        for role in roles} if keys else {}
+        self.mapping_box.children = list(self.mapping.values())
+        self.pick.max = max(1, n)
+        self._draw_table()
+        self._draw_report()
+        self._draw_split()
+        if n:
+            self._select(min(self.selected, n - 1))
+        else:
+            self._new_editor()
+
+    def _goto_page(self, page):
+        pages = max(1, -(-len(self.examples) // PAGE))
+        self.page = max(0, min(page, pages - 1))
+        self._draw_table()
+
+    def _draw_table(self):
+        pages = max(1, -(-len(self.examples) // PAGE))
+        self.page = min(self.page, pages - 1)
+        rows = []
+        for i in range(self.page * PAGE, min(len(self.examples), (self.page + 1) * PAGE)):
+            ex = self.examples[i]
+            if ex.messages:
+                user = next((m["content"] for m in ex.messages if m["role"] == "user"), "")
+                answer = next((m["content"] for m in ex.messages if m["role"] == "assistant"), "")
+                turns = len(ex.messages)
+            else:
+                user, answer, turns = ex.text, "", 1
+            style = ' style="background:#e3f2fd"' if i == self.selected else ""
+            rows.append(f"<tr{style}><td>{i + 1}</td><td>{esc(user[:140])}</td><td>{esc(answer[:140])}</td>"
+                        f"<td>{turns}</td></tr>")
+        self.table.value = ('<table style="width:100%;font-size:0.9em"><tr><th>#</th><th>user</th><th>assistant</th>'
+                            f'<th>turns</th></tr>{"".join(rows)}</table>')
+        self.page_label.value = f"page {self.page + 1} of {pages}"
+
+    def _draw_report(self):
+        r = self.report
+        if not r.problems:
+            self.report_html.value = message("ok", f"all {r.rows or len(self.examples)} rows usable")
+            return
+        items = "".join(f"<li>{esc(r.row_unit)} {p.row}, <code>{esc(p.field)}</code>: {esc(p.reason)}</li>"
+                        for p in r.problems[:200])
+        more = f"<li>... {len(r.problems) - 200} more</li>" if len(r.problems) > 200 else ""
+        self.report_html.value = (message("warn", f"{len(r.problems)} of {r.rows} rows cannot be used:")
+                                  + f'<ul style="max-height:180px;overflow:auto">{items}{more}</ul>')
+
+    def _draw_split(self):
+        if not self.examples:
+            self.split_html.value = ""
+            return
+        train, val = self.split()
+        self.split_html.value = f"{len(train)} training examples, {len(val)} validation examples"
+
+    def _draw_tokens(self):
+        if not self.examples:
+            return
+        self.template_html.value = self.render_html(self.selected)
+        import numpy as np
+        self.hist.update({0: {"x": np.array(self.token_lengths())}}, force=True)
+
+    def _select(self, i):
+        if not (0 <= i < len(self.examples)):
+            return
+        self.selected = i
+        self.page = i // PAGE
+        self._draw_table()
+        ex = self.examples[i]
+        self.editing = i
+        msgs = ex.messages or [{"role": "user", "content": ex.text or ""}]
+        self.turns.children = [self._turn_row(m["role"], m["content"]) for m in msgs]
+        if self.pick.value != i + 1:
+            self.pick.value = i + 1
+
+    def _turn_row(self, role="user", content=""):
+        r = w.Dropdown(options=["system", "user", "assistant"], value=role, layout=w.Layout(width="110px"))
+        c = w.Textarea(value=content, layout=w.Layout(width="560px", height="60px"))
+        remove = w.Button(icon="times", layout=w.Layout(width="36px"))
+        row = w.HBox([r, c, remove])
+        remove.on_click(lambda _: setattr(self.turns, "children", [x for x in self.turns.children if x is not row]))
+        return row
+
+    def _add_turn_row(self):
+        last = self.turns.children[-1].children[0].value if self.turns.children else "assistant"
+        self.turns.children = list(self.turns.children) + [self._turn_row("assistant" if last == "user" else "user")]
+
+    def editor_messages(self):
+        return [{"role": row.children[0].value, "content": row.children[1].value} for row in self.turns.children]
+
+    def _new_editor(self):
+        self.editing = None
+        self.turns.children = [self._turn_row("user"), self._turn_row("assistant")]
+
+    def _save_editor(self):
+        msgs = self.editor_messages()
+        if self.editing is None:
+            self.add_example(msgs)
+        else:
+            self.update_example(self.editing, msgs)
+        self.editor_msg.value = message("ok", "saved")
+

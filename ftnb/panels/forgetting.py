@@ -1,0 +1,186 @@
+"""The forgetting panel: retention with its confidence band, drift (KL) and perplexity over the steps, the questions
+that flipped, base versus current answers, your own probe items, and the mitigation switches."""
+import json
+from pathlib import Path
+
+import ipywidgets as w
+import numpy as np
+from plotly.subplots import make_subplots
+
+from ..core.config import TrainConfig
+from ..core.probe import ProbeSuite
+from ..core.rundir import RunDir, read_json
+from ._common import LiveChart, Panel, esc, message
+
+MITIGATIONS = [  # (field, widget kind, one line)
+    ("replay_fraction", "slider", "Replay: mix this share of general examples into training; keeps general skills, "
+                                  "costs that much more compute."),
+    ("kl_beta", "float", "KL-to-base: penalise drifting from the base model's answers on general prompts "
+                         "(0.05-0.5)."),
+    ("l2sp_alpha", "float", "L2-SP (full fine-tuning): pull every weight back toward its starting value."),
+    ("min_retention", "slider", "Forgetting budget: the best checkpoint must keep at least this share of the "
+                                "baseline accuracy."),
+    ("budget_action", "choice", "Below budget: 'mark' keeps training (best checkpoint stays within budget), "
+                                "'stop' stops the run."),
+    ("lora_r", "int", "LoRA rank: lower rank and fewer target layers forget less and learn less."),
+    ("lora_targets", "text", "LoRA targets: 'attention' forgets less than 'all-linear'."),
+]
+
+
+class ForgettingPanel(Panel):
+    """probe = ForgettingPanel(monitor) (live) or ForgettingPanel(run_dir=path); probe.summary -> last summary."""
+
+    def __init__(self, monitor=None, run_dir=None, form=None, items_path="ftnb-probe-items.jsonl", static=None):
+        self.monitor, self.form = monitor, form or (monitor.form if monitor is not None else None)
+        self.run_dir = RunDir(run_dir) if run_dir else None
+        self.items_path = Path(items_path)
+        self.suite = ProbeSuite.default()
+        self.points, self.summary = [], None
+        self._build(static)
+        if monitor is not None:
+            monitor.listeners.append(self._on_event)
+            if monitor.run_dir is not None:
+                self.run_dir = monitor.run_dir
+        if self.run_dir is not None:
+            self.reload()
+
+    # -- plain functions --
+    def reload(self):
+        """Redraw from the run directory (all probe lines and the latest per-item file)."""
+        self.points = [(m["step"], m["probe"]) for m in self.run_dir.metrics() if "probe" in m]
+        self.redraw()
+
+    def add_mc_item(self, question, choices, answer):
+        """A "don't forget this" multiple-choice item, appended to the items file; the form's next run uses it."""
+        probe = ProbeSuite()
+        probe.add_mc(question, list(choices), int(answer))  # validates
+        self._append_item({"question": question, "choices": list(choices), "answer": int(answer)})
+
+    def add_question(self, question, expect):
+        self._append_item({"question": question, "expect": [e.strip().lower() for e in expect if e.strip()]})
+
+    def _append_item(self, item):
+        with open(self.items_path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(item, ensure_ascii=False) + "\n")
+        if self.form is not None:
+            self.form.fields["probe_items"].value = str(self.items_path)
+        n = sum(1 for line in self.items_path.read_text(encoding="utf-8").splitlines() if line.strip())
+        self.items_msg.value = message("ok", f"{n} items of your own in {self.items_path} (used by the next run)")
+
+    def set_mitigation(self, name, value):
+        """Write a mitigation setting into the form (the form validates it and holds the config)."""
+        if self.form is None:
+            raise ValueError("no form: pass form= (or a monitor with a form) to change settings")
+        self.form.fields[name].value = value
+
+    # -- live --
+    def _on_event(self, ev):
+        if ev.kind == "start":
+            self.run_dir, self.points = ev.run.run_dir, []
+        elif ev.kind == "probe":
+            self.points.append((ev.step, ev.data["probe"]))
+            self.redraw()
+
+    def redraw(self):
+        if not self.points:
+            self.headline.value = message("info", "no probe yet: it runs at step 0, at each evaluation and at the end")
+            return
+        steps = np.array([s for s, _ in self.points])
+        get = lambda k: np.array([np.nan if p.get(k) is None else p[k] for _, p in self.points], float)  # noqa: E731
+        base = self.points[0][1].get("acc_base") or np.nan
+        self.chart.update({0: {"x": steps, "y": get("acc_high")}, 1: {"x": steps, "y": get("acc_low")},
+                           2: {"x": steps, "y": get("acc")}, 3: {"x": steps, "y": np.full(len(steps), base)},
+                           4: {"x": steps, "y": get("kl")}, 5: {"x": steps, "y": get("ppl")}}, force=True)
+        self.summary = s = self.points[-1][1]
+        ret = s.get("retention")
+        self.headline.value = (f"<b>step {self.points[-1][0]}</b>: multiple-choice {s['acc']:.1%} (base "
+                               f"{s['acc_base']:.1%}, 95% CI {s['acc_low']:.1%}-{s['acc_high']:.1%}), "
+                               + (f"retention <b>{ret:.1%}</b>, " if ret is not None else "")
+                               + f"KL {s.get('kl') or 0:.4f}, perplexity {s.get('ppl') or 0:.2f} "
+                               f"(base {s.get('ppl_base') or 0:.2f})")
+        self._draw_details()
+
+    def _draw_details(self):
+        if self.run_dir is None:
+            return
+        folder = self.run_dir.path / "probe"
+        last = read_json(folder / f"step-{self.points[-1][0]}.json", default=None)
+        first = read_json(folder / "step-0.json", default=None)
+        by_id = {it["id"]: it for it in self.suite.mc}
+        s = self.summary
+        flips = []
+        for title, ids in (("right &rarr; wrong", s.get("right_to_wrong", [])), ("wrong &rarr; right",
+                                                                                s.get("wrong_to_right", []))):
+            items = "".join(f"<li>{esc(by_id[i]['question']) if i in by_id else esc(i)}</li>" for i in ids[:30])
+            flips.append(f"<b>{title}: {len(ids)}</b><ul style='max-height:140px;overflow:auto'>{items}</ul>")
+        self.flips.value = "".join(flips)
+        if last and first and last.get("gen") and first.get("gen"):
+            rows = "".join(f"<tr><td>{esc(a['question'])}</td><td>{esc(a['answer'])}</td><td>{esc(b['answer'])}</td>"
+                           f"<td>{'yes' if b['ok'] else 'no'}</td></tr>" for a, b in zip(first["gen"], last["gen"]))
+            self.answers.value = ("<table style='font-size:0.88em'><tr><th>question</th><th>base answer</th>"
+                                  f"<th>now</th><th>right</th></tr>{rows}</table>")
+
+    def _build(self, static):
+        fig = make_subplots(rows=1, cols=3, subplot_titles=("multiple-choice accuracy (95% CI)",
+                                                           "KL(base || current)", "general-text perplexity"))
+        fig.add_scatter(x=[], y=[], mode="lines", line=dict(width=0), showlegend=False, row=1, col=1)
+        fig.add_scatter(x=[], y=[], mode="lines", line=dict(width=0), fill="tonexty", fillcolor="rgba(31,119,180,0.2)",
+                        name="95% CI", row=1, col=1)
+        fig.add_scatter(x=[], y=[], mode="lines+markers", name="accuracy", row=1, col=1)
+        fig.add_scatter(x=[], y=[], mode="lines", line=dict(dash="dash"), name="baseline", row=1, col=1)
+        fig.add_scatter(x=[], y=[], mode="lines+markers", name="KL", showlegend=False, row=1, col=2)
+        fig.add_scatter(x=[], y=[], mode="lines+markers", name="perplexity", showlegend=False, row=1, col=3)
+        fig.update_layout(height=300, margin=dict(l=40, r=10, t=40, b=30), legend=dict(orientation="h", y=-0.2))
+        fig.update_xaxes(title_text="step")
+        self.chart = LiveChart(fig, static=static)
+        self.headline, self.flips, self.answers = w.HTML(), w.HTML(), w.HTML()
+        self.mc_question = w.Text(description="question", layout=w.Layout(width="500px"))
+        self.mc_choices = w.Textarea(description="choices", placeholder="one per line", layout=w.Layout(width="500px"))
+        self.mc_answer = w.BoundedIntText(value=1, min=1, max=10, description="right one #")
+        self.add_mc_button = w.Button(description="Add multiple choice", icon="plus")
+        self.add_mc_button.on_click(lambda _: self._guard(self.add_mc_item, self.mc_question.value,
+                                                          [c for c in self.mc_choices.value.splitlines() if c.strip()],
+                                                          self.mc_answer.value - 1))
+        self.q_text = w.Text(description="question", layout=w.Layout(width="500px"))
+        self.q_expect = w.Text(description="expect", placeholder="words a right answer contains, comma-separated")
+        self.add_q_button = w.Button(description="Add question", icon="plus")
+        self.add_q_button.on_click(lambda _: self._guard(self.add_question, self.q_text.value,
+                                                         self.q_expect.value.split(",")))
+        self.items_msg = w.HTML()
+        rows = []
+        help_ = TrainConfig.field_help()
+        self.switches = {}
+        for name, kind, line in MITIGATIONS:
+            meta = help_[name]
+            if kind == "slider":
+                widget = w.FloatSlider(value=meta["default"], min=0, max=0.5 if name == "replay_fraction" else 1.0,
+                                       step=0.05, description=name)
+            elif kind == "choice":
+                widget = w.Dropdown(options=list(meta["choices"]), value=meta["default"], description=name)
+            elif kind == "int":
+                widget = w.IntText(value=meta["default"], description=name)
+            elif kind == "text":
+                widget = w.Text(value=meta["default"], description=name)
+            else:
+                widget = w.FloatText(value=meta["default"], description=name)
+            widget.tooltip = meta["help"]
+            if self.form is not None:  # one source of truth: the switch mirrors the form's field both ways
+                w.link((widget, "value"), (self.form.fields[name], "value"))
+            self.switches[name] = widget
+            rows.append(w.HBox([widget, w.HTML(f"<span style='color:#555;font-size:0.9em'>{esc(line)}</span>")]))
+        self.root = w.VBox([self.headline, self.chart.widget, w.HBox([self.flips]), w.HTML("<b>Base versus now</b>"),
+                            self.answers, w.HTML("<b>Your own probe items</b>"),
+                            w.HBox([w.VBox([self.mc_question, self.mc_choices, self.mc_answer, self.add_mc_button]),
+                                    w.VBox([self.q_text, self.q_expect, self.add_q_button])]), self.items_msg,
+                            w.HTML("<b>Mitigations</b> (settings of the next run)"), w.VBox(rows)])
+
+    def _guard(self, fn, *args):
+        try:
+            fn(*args)
+        except Exception as e:
+            self.items_msg.value = message("error", str(e))
+
+    def close(self):
+        if self.monitor is not None and self._on_event in self.monitor.listeners:
+            self.monitor.listeners.remove(self._on_event)
+        super().close()

@@ -1,0 +1,171 @@
+"""The hyperparameter form, generated from TrainConfig: one widget per field, its help as tooltip, its validation
+message inline. The form holds no rules of its own: every change builds a TrainConfig and shows what it says."""
+import dataclasses
+import json
+import os
+
+import ipywidgets as w
+
+from ..core.config import PRESETS, TrainConfig
+from ..core.errors import ConfigError
+from ._common import Panel, esc, message
+
+GROUPS = [("model", "Model"), ("lora", "LoRA adapters"), ("data", "Data"), ("training", "Training"),
+          ("forgetting", "Forgetting: probe and mitigations"), ("runtime", "Run")]
+MODEL_CHOICES = ["default", "tiny", "HuggingFaceTB/SmolLM2-360M-Instruct", "Qwen/Qwen2.5-0.5B-Instruct"]
+
+
+def _widget(name, meta, value):
+    kw = {"description": name.replace("_", " "), "tooltip": meta["help"], "style": {"description_width": "150px"},
+          "layout": w.Layout(width="420px")}
+    if name == "model":
+        return w.Combobox(value=value, options=MODEL_CHOICES, ensure_option=False, **kw)
+    if "choices" in meta:
+        return w.Dropdown(options=list(meta["choices"]), value=value, **kw)
+    if isinstance(meta["default"], bool):
+        kw.pop("style")
+        return w.Checkbox(value=value, indent=False, **kw)
+    if isinstance(meta["default"], int):
+        return w.IntText(value=value, **kw)
+    if isinstance(meta["default"], float):
+        return w.FloatText(value=value, **kw)
+    if isinstance(meta["default"], list):
+        return w.Textarea(value="\n".join(value), placeholder="one per line", **kw)
+    if isinstance(meta["default"], dict):
+        return w.Text(value=json.dumps(value) if value else "", placeholder='{"prompt": "question"}', **kw)
+    return w.Text(value=value, **kw)
+
+
+def _read(widget, meta):
+    v = widget.value
+    if isinstance(meta["default"], list):
+        return [line for line in v.splitlines() if line.strip()]
+    if isinstance(meta["default"], dict):
+        return json.loads(v) if v.strip() else {}
+    return v
+
+
+class ConfigForm(Panel):
+    """form = ConfigForm(preset="quick-cpu-demo"); form.config -> the TrainConfig (raises when invalid)."""
+
+    def __init__(self, config=None, preset=None, estimate_tokens=None):
+        self.meta = TrainConfig.field_help()
+        cfg = config or (TrainConfig.from_preset(preset) if preset else TrainConfig())
+        if config is None and os.environ.get("FTNB_DEFAULT_MODEL"):  # CI and demos point the form at another model
+            cfg = cfg.replace(model=os.environ["FTNB_DEFAULT_MODEL"])
+        self._config, self.error = cfg, None
+        self.estimate_tokens = estimate_tokens  # tokens per epoch, set by the dataset builder
+        self.fields, self.errors = {}, {}
+        sections = []
+        for group, title in GROUPS:
+            rows = []
+            for name, meta in self.meta.items():
+                if meta["group"] != group:
+                    continue
+                self.fields[name] = _widget(name, meta, getattr(cfg, name))
+                self.errors[name] = w.HTML()
+                help_ = w.HTML(f'<span title="{esc(meta["help"])}" style="color:#777;cursor:help">?</span>')
+                rows.append(w.VBox([w.HBox([self.fields[name], help_]), self.errors[name]]))
+                self.fields[name].observe(self._changed, names="value")
+            sections.append(w.VBox(rows))
+        self.accordion = w.Accordion(children=sections, selected_index=0)
+        for i, (_, title) in enumerate(GROUPS):
+            self.accordion.set_title(i, title)
+        self.preset = w.Dropdown(options=["(choose a preset)"] + list(PRESETS), description="preset")
+        self.apply_preset_button = w.Button(description="Apply preset", icon="magic")
+        self.apply_preset_button.on_click(lambda _: self.apply_preset(self.preset.value))
+        self.preset_help = w.HTML()
+        self.preset.observe(lambda ch: setattr(self.preset_help, "value", esc(PRESETS.get(ch["new"], {}).get("help", ""))),
+                            names="value")
+        self.path = w.Text(value="ftnb-config.json", description="file")
+        self.save_button = w.Button(description="Save JSON", icon="save")
+        self.load_button = w.Button(description="Load JSON", icon="folder-open")
+        self.save_button.on_click(lambda _: self._try(self.save, self.path.value))
+        self.load_button.on_click(lambda _: self._try(self.load, self.path.value))
+        self.estimate_button = w.Button(description="Estimate memory and time", icon="calculator")
+        self.estimate_button.on_click(lambda _: self._try(self.show_estimate))
+        self.estimate_html = w.HTML()
+        self.status = w.HTML(message("ok", "settings are valid"))
+        self.root = w.VBox([w.HBox([self.preset, self.apply_preset_button]), self.preset_help, self.accordion,
+                            self.status, w.HBox([self.estimate_button]), self.estimate_html,
+                            w.HBox([self.path, self.save_button, self.load_button])])
+
+    # -- state in and out --
+    def values(self):
+        return {name: _read(widget, self.meta[name]) for name, widget in self.fields.items()}
+
+    @property
+    def config(self):
+        """The TrainConfig the form shows; raises ConfigError (with the field) when a value is invalid."""
+        if self.error:
+            raise self.error
+        return self._config
+
+    def _changed(self, _=None):
+        for box in self.errors.values():
+            box.value = ""
+        try:
+            self._config, self.error = TrainConfig.from_dict(self.values()), None
+            self.status.value = message("ok", "settings are valid")
+        except json.JSONDecodeError as e:
+            self.error = ConfigError("columns", f"not valid JSON ({e.msg})")
+        except ConfigError as e:
+            self.error = e
+        if self.error:
+            if self.error.field in self.errors:
+                self.errors[self.error.field].value = message("error", self.error.message)
+            self.status.value = message("error", str(self.error))
+
+    def set_config(self, cfg):
+        for f in dataclasses.fields(TrainConfig):
+            v = getattr(cfg, f.name)
+            widget = self.fields[f.name]
+            if isinstance(v, list):
+                v = "\n".join(v)
+            elif isinstance(v, dict):
+                v = json.dumps(v) if v else ""
+            widget.value = v
+        self._changed()
+
+    def apply_preset(self, name):
+        if name not in PRESETS:
+            return
+        keep = {k: self.values()[k] for k in ("model", "data", "output_dir")}
+        self.set_config(TrainConfig.from_preset(name, **keep))
+
+    def save(self, path):
+        self.config.save(path)
+        self.status.value = message("ok", f"saved {path}")
+
+    def load(self, path):
+        self.set_config(TrainConfig.load(path))
+        self.status.value = message("ok", f"loaded {path}")
+
+    def _try(self, fn, *args):
+        try:
+            return fn(*args)
+        except (OSError, ValueError) as e:
+            self.status.value = message("error", str(e))
+
+    # -- estimate --
+    def show_estimate(self, tokens_per_epoch=None):
+        from ..core.estimate import estimate
+        tokens = tokens_per_epoch or self.estimate_tokens or 0
+        est = estimate(self.config, tokens)
+        m = est["memory_gb"]
+        parts = ", ".join(f"{k} {m[k]:.2f} GB" for k in ("weights", "gradients", "optimizer", "activations"))
+        lines = [f"<b>{esc(est['device'])}</b>: {est['params'] / 1e6:.0f}M parameters, "
+                 f"{est['trainable_params'] / 1e6:.2f}M trained",
+                 f"memory: about {m['total']:.2f} GB ({esc(parts)})"
+                 + (f" of {est['available_gb']} GB" if est["available_gb"] else "")]
+        if tokens and est["seconds_per_epoch"]:
+            lines.append(f"time: about {est['seconds_per_epoch'] / 60:.1f} min per epoch "
+                         f"({tokens:,} tokens at ~{est['tokens_per_s']:,} tokens/s)")
+        if self.config.probe:
+            lines.append("forgetting probe: one pass about 25 s on 2 CPU cores for a 135M model, 1-3 s on a GPU")
+        html = "<br>".join(lines)
+        if not est["fits"]:
+            html += message("warn", "this will probably not fit in memory: lower micro_batch_tokens or max_seq_len, "
+                                    "use LoRA, or turn on gradient_checkpointing")
+        self.estimate_html.value = html
+        return est

@@ -1,0 +1,288 @@
+"""The live training monitor: Start, Stop and Resume; training in a background thread; progress with ETA and
+tokens/s; live loss, learning-rate and gradient-norm charts; sample answers at each evaluation.
+
+A monitor can also be opened on an existing run folder (`TrainingMonitor.open(path)`): it redraws the whole history
+from metrics.jsonl and, while another process is still training it, follows the file.
+"""
+import threading
+import time
+
+import ipywidgets as w
+import numpy as np
+from plotly.subplots import make_subplots
+
+from ..core.events import ENDS
+from ..core.rundir import RunDir, read_jsonl
+from ..core.train import resume, train
+from ._common import LiveChart, Panel, Throttle, esc, message
+
+MAX_POINTS = 2000  # drawn per curve; the data is kept whole
+
+
+def downsample(x, y, n=MAX_POINTS):
+    """At most n points, evenly strided, always keeping the last one."""
+    if len(x) <= n:
+        return np.asarray(x), np.asarray(y)
+    idx = np.unique(np.r_[np.linspace(0, len(x) - 1, n).astype(int), len(x) - 1])
+    return np.asarray(x)[idx], np.asarray(y)[idx]
+
+
+class History:
+    """The curves of one run, as lists, fed by events or metrics.jsonl lines."""
+
+    def __init__(self):
+        self.train = {"step": [], "loss": [], "lr": [], "grad_norm": []}
+        self.val = {"step": [], "val_loss": []}
+        self.probe, self.samples, self.last = [], [], {}
+        self.total_steps, self.state, self.error = None, "new", None
+
+    def add(self, row):
+        if "probe" in row:
+            self.probe.append((row["step"], row["probe"]))
+        elif "val_loss" in row:
+            self.val["step"].append(row["step"])
+            self.val["val_loss"].append(row["val_loss"])
+            if row.get("samples"):
+                self.samples = row["samples"]
+        elif "loss" in row:
+            for k in self.train:
+                self.train[k].append(row.get(k) if k != "step" else row["step"])
+            self.last = row
+
+
+class TrainingMonitor(Panel):
+    """monitor = TrainingMonitor(form=form, builder=builder); monitor.start(); monitor.wait(); monitor.run"""
+
+    def __init__(self, config=None, data=None, form=None, builder=None, static=None, redraw_interval=0.5):
+        self.config, self.data, self.form, self.builder = config, data, form, builder
+        self.run = None                 # the live core Run (training in this kernel)
+        self.run_dir = None             # RunDir being shown
+        self.history = History()
+        self.listeners = []             # other panels: called with every event (in the training thread)
+        self.thread = self.follower = None
+        self.stop_event = threading.Event()
+        self.throttle = Throttle(redraw_interval)
+        self.error = None
+        self.t0 = None
+        self._build(static)
+
+    @classmethod
+    def open(cls, run_dir, follow=True, **kw):
+        """A monitor on an existing run: its whole history, and new lines while it is still running elsewhere."""
+        m = cls(**kw)
+        m.attach(run_dir, follow=follow)
+        return m
+
+    # -- plain functions (the buttons call these) --
+    def start(self):
+        """Train in a background thread on the form's config and the builder's examples (or those given)."""
+        if self.running:
+            return
+        cfg = self.form.config if self.form is not None else self.config
+        data = self.builder.dataset if self.builder is not None else self.data
+        if cfg is None or data is None:
+            raise ValueError("the monitor needs a config (form=) and data (builder= or data=)")
+        if not cfg.sample_prompts:
+            prompts = [m["content"] for ex in list(data)[:2] if ex.messages for m in ex.messages if m["role"] == "user"]
+            cfg = cfg.replace(sample_prompts=prompts[:2])
+        self.history = History()
+        self._launch(lambda: train(cfg, data, subscribers=[self._on_event], stop_event=self.stop_event))
+
+    def stop(self):
+        """Stop at the next step; the run saves a checkpoint and can be resumed."""
+        if self.running:
+            self.stop_event.set()
+        elif self.run_dir is not None and self.history.state == "running":
+            self.run_dir.request_stop()  # a run trained by another process
+        self.status.value = message("info", "stopping after this step...")
+
+    def resume(self):
+        if self.running or self.run_dir is None:
+            return
+        rd = self.run_dir.path
+        self.history = History()
+        for row in read_jsonl(RunDir(rd).metrics_path):
+            self.history.add(row)
+        self._launch(lambda: resume(rd, subscribers=[self._on_event], stop_event=self.stop_event))
+
+    def wait(self, timeout=None):
+        """Block until the training thread ends (for scripts and tests)."""
+        for t in (self.thread, self.follower):
+            if t is not None:
+                t.join(timeout)
+        return self
+
+    @property
+    def running(self):
+        return self.thread is not None and self.thread.is_alive()
+
+    def attach(self, run_dir, follow=True):
+        self.run_dir = RunDir(run_dir)
+        if not self.run_dir.config_path.exists():
+            raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json)")
+        self.history = History()
+        offset = self._read_new(0)
+        self._status_from_disk()
+        self.redraw(force=True)
+        if follow and self.history.state == "running":
+            self.follower = threading.Thread(target=self._follow, args=(offset,), daemon=True)
+            self.follower.start()
+
+    def figure(self):
+        """A static plotly figure of the curves: display it in a cell to keep it when the notebook is reopened."""
+        self.redraw(force=True)
+        return self.chart.snapshot()
+
+    def close(self):
+        self.stop_event.set()
+        self.listeners.clear()
+        super().close()
+
+    # -- the training thread's side --
+    def _launch(self, target):
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()  # weight-loading bars would print into the notebook from the thread
+        self.stop_event = threading.Event()
+        self.error, self.t0 = None, time.monotonic()
+        self.status.value = message("info", "starting (loading the model)...")
+
+        def work():
+            try:
+                self.run = target()
+            except Exception as e:  # shown in the panel; the run folder holds the details
+                self.error = e
+                self.status.value = message("error", f"{type(e).__name__}: {e}")
+        self.thread = threading.Thread(target=work, daemon=True, name="ftnb-train")
+        self.thread.start()
+
+    def _on_event(self, ev):
+        h = self.history
+        if ev.kind == "start":
+            self.run, self.run_dir = ev.run, ev.run.run_dir
+            h.total_steps, h.state = ev.data["total_steps"], "running"
+            self.progress.max = max(1, h.total_steps)
+            self.status.value = message("info", f"training: {ev.run.run_dir.path}")
+        elif ev.kind in ("log", "eval", "probe"):
+            h.add({"step": ev.step, **ev.data})
+        elif ev.kind in ENDS:
+            h.state, h.error = ev.kind, ev.data.get("error")
+        for fn in list(self.listeners):
+            fn(ev)
+        if ev.kind in ENDS:
+            self.redraw(force=True)
+            self._finish_message(ev)
+        elif ev.kind in ("log", "eval", "start"):
+            self.redraw(force=ev.kind == "eval")
+
+    def _finish_message(self, ev):
+        if ev.kind == "finished":
+            self.status.value = message("ok", f"finished: {ev.data.get('output')}")
+        elif ev.kind == "stopped":
+            self.status.value = message("warn", f"stopped at step {ev.step} ({ev.data.get('reason', '')}); "
+                                                "Resume continues from the checkpoint")
+        else:
+            self.status.value = message("error", f"failed: {ev.data.get('error')}")
+
+    def _read_new(self, offset):
+        """Add the complete metric lines after byte `offset`; return the new offset."""
+        import json
+        try:
+            with open(self.run_dir.metrics_path, "rb") as fh:
+                fh.seek(offset)
+                for raw in fh:
+                    if not raw.endswith(b"\n"):
+                        break
+                    offset += len(raw)
+                    try:
+                        self.history.add(json.loads(raw))
+                    except ValueError:
+                        pass
+        except FileNotFoundError:
+            pass
+        return offset
+
+    def _status_from_disk(self):
+        st = self.run_dir.status()
+        h = self.history
+        h.state, h.error = st.get("state", "unknown"), st.get("error")
+        h.total_steps = st.get("total_steps") or h.total_steps
+        self.status.value = message("error" if h.state in ("failed", "interrupted") else "info",
+                                    f"{self.run_dir.path}: {h.state}" + (f" ({h.error})" if h.error else ""))
+
+    def _follow(self, offset, interval=1.0):
+        while not self.stop_event.wait(interval):
+            offset = self._read_new(offset)
+            self._status_from_disk()
+            self.redraw()
+            if self.history.state != "running":
+                self.redraw(force=True)
+                return
+
+    # -- drawing (trait assignments only: safe from the worker thread) --
+    def redraw(self, force=False):
+        if not (force or self.throttle.ready()):
+            return
+        h = self.history
+        tr, va = h.train, h.val
+        x, loss = downsample(tr["step"], tr["loss"])
+        updates = {0: {"x": x, "y": loss}, 1: {"x": np.asarray(va["step"]), "y": np.asarray(va["val_loss"])}}
+        for i, key in ((2, "lr"), (3, "grad_norm")):
+            xs, ys = downsample(tr["step"], [np.nan if v is None else v for v in tr[key]])
+            updates[i] = {"x": xs, "y": ys}
+        self.chart.update(updates, force=force)
+        step = tr["step"][-1] if tr["step"] else 0
+        total = h.total_steps or step or 1
+        self.progress.max, self.progress.value = max(1, total), min(step, total)
+        last = h.last
+        parts = [f"step {step}/{total}"]
+        if last.get("train_s") and step:
+            done = last.get("elapsed_s", 0)
+            if h.state == "running" and step < total:
+                parts.append(f"ETA {_mmss(done / step * (total - step))}")
+            parts.append(f"elapsed {_mmss(done)}")
+        if last.get("tokens_per_s"):
+            parts.append(f"{last['tokens_per_s']:,.0f} tokens/s")
+        if last.get("mem_gb"):
+            parts.append(f"GPU memory {last['mem_gb']:.1f} GB")
+        if va["val_loss"]:
+            parts.append(f"val loss {va['val_loss'][-1]:.3f}")
+        self.progress_label.value = " · ".join(parts)
+        if h.samples:
+            rows = "".join(f"<tr><td>{esc(s['prompt'])}</td><td>{esc(s['answer'])}</td></tr>" for s in h.samples)
+            self.samples.value = (f"<b>Sample answers at step {va['step'][-1]}</b><table style='font-size:0.9em'>"
+                                  f"<tr><th>prompt</th><th>answer</th></tr>{rows}</table>")
+
+    def _build(self, static):
+        fig = make_subplots(rows=1, cols=3, subplot_titles=("loss", "learning rate", "gradient norm"))
+        fig.add_scatter(x=[], y=[], name="train loss", mode="lines", row=1, col=1)
+        fig.add_scatter(x=[], y=[], name="val loss", mode="lines+markers", row=1, col=1)
+        fig.add_scatter(x=[], y=[], name="lr", mode="lines", row=1, col=2, showlegend=False)
+        fig.add_scatter(x=[], y=[], name="grad norm", mode="lines", row=1, col=3, showlegend=False)
+        fig.update_layout(height=300, margin=dict(l=40, r=10, t=40, b=30), legend=dict(orientation="h", y=-0.2))
+        fig.update_xaxes(title_text="step")
+        self.chart = LiveChart(fig, static=static)
+        self.start_button = w.Button(description="Start", icon="play", button_style="success")
+        self.stop_button = w.Button(description="Stop", icon="stop", button_style="warning")
+        self.resume_button = w.Button(description="Resume", icon="forward")
+        self.start_button.on_click(lambda _: self._guard(self.start))
+        self.stop_button.on_click(lambda _: self._guard(self.stop))
+        self.resume_button.on_click(lambda _: self._guard(self.resume))
+        self.progress = w.IntProgress(min=0, max=1, value=0, layout=w.Layout(width="400px"))
+        self.progress_label = w.HTML()
+        self.status = w.HTML()
+        self.samples = w.HTML()
+        self.root = w.VBox([w.HBox([self.start_button, self.stop_button, self.resume_button]),
+                            w.HBox([self.progress, self.progress_label]), self.status, self.chart.widget,
+                            self.samples])
+
+    def _guard(self, fn):
+        try:
+            fn()
+        except Exception as e:
+            self.status.value = message("error", str(e))
+
+
+def _mmss(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 60}:{seconds % 60:02d}" if seconds < 3600 else f"{seconds // 3600}h{seconds % 3600 // 60:02d}"
+
