@@ -41,8 +41,8 @@ def make_runs(root, n, live):
                                                      "pid": os.getpid(), "host": socket.gethostname(),
                                                      "updated": time.time()}))
         with open(run / "metrics.jsonl", "w") as fh:
-            for s in range(1, 201):
-                fh.write(json.dumps({"step": s, "loss": 3 / s ** 0.3, "lr": 2e-4, "elapsed_s": s * 0.1}) + "\n")
+            fh.writelines(json.dumps({"step": s, "loss": 3 / s ** 0.3, "lr": 2e-4, "elapsed_s": s * 0.1}) + "\n"
+                          for s in range(1, 201))
         for d in ("adapter", "checkpoints/step-100", "data"):  # the folders a real run has, never searched
             (run / d).mkdir(parents=True)
     for d in ("node_modules/pkg/lib", ".git/objects", "notebooks/data"):
@@ -105,7 +105,8 @@ def start_server(root, port, home):
     cmd = [sys.executable, "-m", "jupyter_server", "--allow-root", "--no-browser", f"--port={port}",
            "--ServerApp.port_retries=0", f"--ServerApp.token={TOKEN}", f"--ServerApp.root_dir={root}",
            "--ServerApp.jpserver_extensions={'ftnb.server': True}", "--ServerApp.log_level=WARN"]
-    proc = subprocess.Popen(cmd, env=env, stdout=open(home / "server.log", "w"), stderr=subprocess.STDOUT)
+    with open(home / "server.log", "w") as log:  # the server keeps its own copy of the file descriptor
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     import http.client
     deadline = time.time() + 120
     while time.time() < deadline:

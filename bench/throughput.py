@@ -74,7 +74,7 @@ def run_ftnb(shape, method, seqs, batch, steps, warm, device, lr):
         cfg = ftnb.TrainConfig(model="bench-random", method=method, lora_r=16, lora_alpha=32, lora_dropout=0.0,
                                batch_size=batch, max_steps=steps, learning_rate=lr, warmup_steps=2, max_grad_norm=1.0,
                                log_every=warm, val_fraction=0, save_every=10 ** 9, max_seq_len=1024,
-                               output_dir=out, device=str(device), seed=0)
+                               output_dir=out, device=str(device), seed=0, probe=False)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         run = ftnb.train(cfg, data, base_model=(model, _Tok()))

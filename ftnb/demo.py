@@ -8,8 +8,10 @@ import shutil
 import textwrap
 import time
 
+from .core.compare import run_curves
 from .core.config import TrainConfig
 from .core.data import bundled
+from .core.probe import format_summary
 from .core.train import train
 
 
@@ -41,9 +43,23 @@ def print_table(rows, items, out=print):
     out("")
 
 
+def probe_cost(run):
+    """How much of the training time the probe added (a baseline taken from the cache costs nothing)."""
+    from .core.rundir import read_json
+    logs = [m for m in run.metrics() if "loss" in m]
+    spent = sum(m["probe"]["seconds"] for m in run.metrics() if "probe" in m and m["step"] > 0)
+    base = read_json(run.run_dir.path / "probe" / "baseline.json", default={}) or {}
+    if base and not base.get("cached"):
+        spent += base["result"]["seconds"]["total"]
+    train_s = logs[-1]["train_s"] if logs else 0
+    return (f"probe cost: {spent:.0f} s against {train_s:.0f} s of training ({spent / max(train_s, 1e-9):.0%})"
+            + ("" if base.get("cached", True) else "; the baseline is now cached for this model"))
+
+
 def run_demo(output_dir="runs", epochs=None, model="default", out=print):
     t0 = time.time()
-    changes = {"output_dir": output_dir, "model": model}
+    # one probe pass costs ~25 s on 2 CPU cores: the demo probes at step 0 (cached per model) and at the end only
+    changes = {"output_dir": output_dir, "model": model, "probe_every": -1}
     if epochs:
         changes["epochs"] = epochs
     cfg = demo_config(**changes)
@@ -65,6 +81,86 @@ def run_demo(output_dir="runs", epochs=None, model="default", out=print):
     out(f"general questions: {g['after']}/{g['n']} still correct ({g['before']}/{g['n']} before)")
     if val:
         out(f"validation loss: {val[0]:.3f} after epoch 1, {val[-1]:.3f} at the end")
+    probes = [m for m in run.metrics() if "probe" in m]
+    if probes:
+        out("\nforgetting probe (general knowledge, step 0 against the end):\n" + format_summary(probes[-1]["probe"]))
+        out(probe_cost(run))
     out(f"run directory: {run.run_dir.path}   ({time.time() - t0:.0f} s in all)")
     out(f"next: ftnb generate {run.run_dir.path} \"Do you deliver?\"   |   ftnb export {run.run_dir.path} --merge tuned-model")
     return r["first_ok"] and g["first_ok"]
+
+
+# -- `ftnb demo --forgetting`: the contrast measured in docs/forgetting.md -----------------------------------------
+
+def contrast_configs(**changes):
+    """An aggressive full fine-tune (high constant learning rate, 8 epochs) and the demo's LoRA run."""
+    return {
+        "aggressive-full": demo_config(method="full", learning_rate=2e-3, lr_scheduler="constant", epochs=8,
+                                       probe_every=14, run_name="aggressive-full", **changes),
+        "lora-defaults": demo_config(probe_every=0, run_name="lora-defaults", **changes),
+    }
+
+
+def trade_off_points(path):
+    """[(step, val_loss, retention, retention_low, retention_high)] at the steps that have both."""
+    c = run_curves(path)
+    val = dict(zip(*c["val"]))
+    return [(s, val[s], p["retention"], p["retention_low"], p["retention_high"]) for s, p in c["probe"] if s in val]
+
+
+def save_trade_off_figure(paths, out):
+    """Validation loss against retention along each run (one marker per probe), as HTML (plotly) and PNG (when
+    matplotlib is installed). Returns the files written."""
+    import plotly.graph_objects as go
+    fig = go.Figure()
+    written = []
+    for name, path in paths.items():
+        pts = trade_off_points(path)
+        fig.add_scatter(x=[p[1] for p in pts], y=[p[2] for p in pts], mode="lines+markers+text", name=name,
+                        text=[f"step {p[0]}" for p in pts], textposition="top right",
+                        error_y=dict(type="data", symmetric=False, array=[p[4] - p[2] for p in pts],
+                                     arrayminus=[p[2] - p[3] for p in pts]))
+    fig.add_hline(y=0.95, line_dash="dash", annotation_text="budget 95%")
+    fig.update_layout(xaxis_title="task validation loss (lower: learned more)",
+                      yaxis_title="retention of general knowledge (95% CI)", width=760, height=480)
+    html = f"{out}.html"
+    fig.write_html(html, include_plotlyjs="cdn")
+    written.append(html)
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return written
+    plt.figure(figsize=(7.6, 4.8))
+    for name, path in paths.items():
+        pts = trade_off_points(path)
+        xs, ys = [p[1] for p in pts], [p[2] for p in pts]
+        plt.errorbar(xs, ys, yerr=[[p[2] - p[3] for p in pts], [p[4] - p[2] for p in pts]], marker="o", capsize=3,
+                     label=name)
+        for p in pts:
+            plt.annotate(f"step {p[0]}", (p[1], p[2]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    plt.axhline(0.95, linestyle="--", color="grey", label="forgetting budget (95%)")
+    plt.xlabel("task validation loss (lower: learned more)")
+    plt.ylabel("retention of general knowledge (95% CI)")
+    plt.title("Learning versus forgetting: SmolLM2-135M-Instruct on the Luigi's Corner data")
+    plt.legend()
+    plt.tight_layout()
+    plt.savefig(f"{out}.png", dpi=120)
+    written.append(f"{out}.png")
+    return written
+
+
+def run_forgetting_demo(output_dir="runs-forgetting", model="default", out=print):
+    """Both contrast runs, their forgetting summaries, and the learning-versus-forgetting figure."""
+    runs = {}
+    for name, cfg in contrast_configs(output_dir=output_dir, model=model).items():
+        out(f"\n== {name}: {cfg.method}, learning rate {cfg.learning_rate:g}, {cfg.epochs:g} epochs")
+        runs[name] = train(cfg, progress=True)
+        last = [m["probe"] for m in runs[name].metrics() if "probe" in m][-1]
+        out(format_summary(last))
+        answers = runs[name].generate(["What time do you close on Sundays?", "What is the capital of France?"], 40)
+        out("  Sundays? " + answers[0] + "\n  France?  " + answers[1])
+    files = save_trade_off_figure({n: r.run_dir.path for n, r in runs.items()}, f"{output_dir}/learning-vs-forgetting")
+    out("\nfigure: " + ", ".join(files))
+    return runs

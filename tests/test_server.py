@@ -15,8 +15,8 @@ import pytest
 
 pytest.importorskip("jupyter_server")
 
-from ftnb.server.handlers import runs_root  # noqa: E402
-from ftnb.server.runs import PathRefused, find_runs, resolve_run  # noqa: E402
+from ftnb.server.handlers import runs_root
+from ftnb.server.runs import PathRefused, find_runs, resolve_run
 
 TOKEN = "ftnb-test-token"
 TRAIN_FOREVER = """
@@ -130,8 +130,8 @@ def server(root, tmp_path_factory):
     cmd = [sys.executable, "-m", "jupyter_server", "--allow-root", "--no-browser", f"--port={port}",
            f"--ServerApp.token={TOKEN}", f"--ServerApp.root_dir={root}", "--ServerApp.port_retries=0",
            "--ServerApp.jpserver_extensions={'ftnb.server': True}", "--FtnbServer.cache_seconds=0.2"]
-    log = open(home / "server.log", "w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    with open(home / "server.log", "w") as log:  # the server keeps its own copy of the file descriptor
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     client = Client(port)
     deadline = time.time() + 90
     while True:
@@ -150,7 +150,6 @@ def server(root, tmp_path_factory):
         proc.wait(20)
     except subprocess.TimeoutExpired:
         proc.kill()
-    log.close()
 
 
 def test_listing_finds_runs_with_paths_relative_to_the_root(server):
@@ -166,6 +165,14 @@ def test_listing_finds_runs_with_paths_relative_to_the_root(server):
     assert runs["runs/alive"]["state"] == "running"
     mtimes = [r["mtime"] for r in data["runs"]]
     assert mtimes == sorted(mtimes, reverse=True)
+
+
+def test_unchanged_listing_revalidates_with_its_etag(server):
+    status, _, resp = server.get("/ftnb/runs")
+    etag = resp.getheader("Etag")
+    assert status == 200 and etag
+    status, body, _ = server.get("/ftnb/runs", headers={"If-None-Match": etag})  # nothing changes meanwhile
+    assert status == 304 and body is None
 
 
 def test_listing_survives_broken_runs_and_non_finite_numbers(server):

@@ -88,11 +88,15 @@ class Batch:
     labels: torch.Tensor        # (1, T), already shifted: labels[t] is the token predicted at t, or IGNORE
     n_tokens: int
     n_targets: int
+    target_index: torch.Tensor = None  # positions t with labels[t] != IGNORE (found on the host: no GPU sync)
+    targets: torch.Tensor = None       # labels at those positions
 
     def to(self, device):
-        nb = device.type == "cuda"
-        return Batch(self.input_ids.to(device, non_blocking=nb), self.position_ids.to(device, non_blocking=nb),
-                     self.labels.to(device, non_blocking=nb), self.n_tokens, self.n_targets)
+        if device.type != "cuda":
+            return self if device.type == "cpu" else Batch(*(x.to(device) if torch.is_tensor(x) else x
+                                                             for x in vars(self).values()))
+        move = lambda x: x.pin_memory().to(device, non_blocking=True) if torch.is_tensor(x) else x  # noqa: E731
+        return Batch(*(move(x) for x in vars(self).values()))
 
 
 def pack(examples):
@@ -103,9 +107,10 @@ def pack(examples):
         ids += ex.ids
         pos += range(n)
         labels += [ex.ids[t + 1] if ex.mask[t + 1] else IGNORE for t in range(n - 1)] + [IGNORE]
-    n_targets = sum(1 for x in labels if x != IGNORE)
+    index = [t for t, x in enumerate(labels) if x != IGNORE]
     t = lambda x: torch.tensor([x], dtype=torch.long)  # noqa: E731
-    return Batch(t(ids), t(pos), t(labels), len(ids), n_targets)
+    return Batch(t(ids), t(pos), t(labels), len(ids), len(index), torch.tensor(index, dtype=torch.long),
+                 torch.tensor([labels[i] for i in index], dtype=torch.long))
 
 
 def micro_batches(examples, max_tokens):

@@ -75,8 +75,8 @@ class TrainConfig:
                      "model, general-text perplexity and answers to general questions. One pass takes about 20-30 s on 2 "
                      "CPU cores for the 135M default model and 1-3 s on a GPU; the baseline is cached per model.",
                      "forgetting")
-    probe_every: int = _f(0, "Probe every N steps (0: at each evaluation). Always at step 0 (the baseline) and at the end.",
-                          "forgetting")
+    probe_every: int = _f(0, "Probe every N steps (0: at each evaluation; -1: only at step 0 and the end). Always at "
+                          "step 0 (the baseline) and at the end.", "forgetting")
     probe_items: str = _f("", "Your own \"don't forget this\" items, a JSONL file: multiple choice {question, choices, "
                           "answer}, questions with expected answers {question, expect: [...]} or texts {text}.",
                           "forgetting")
@@ -147,7 +147,7 @@ class TrainConfig:
         need(isinstance(self.sample_prompts, list) and all(isinstance(p, str) for p in self.sample_prompts),
              "sample_prompts", "must be a list of strings")
         need(self.output_dir.strip(), "output_dir", "must name a folder")
-        need(self.probe_every >= 0, "probe_every", f"must be 0 or more, not {self.probe_every}")
+        need(self.probe_every >= -1, "probe_every", f"must be -1, 0 or more, not {self.probe_every}")
         need(0 < self.min_retention <= 1.5, "min_retention", f"must be in (0, 1.5], not {self.min_retention}")
         need(0 <= self.replay_fraction < 1, "replay_fraction", f"must be in [0, 1), not {self.replay_fraction}")
         need(self.kl_beta >= 0, "kl_beta", f"must be 0 or more, not {self.kl_beta}")

@@ -58,7 +58,9 @@ class Run:
         if what == "save":
             return not end and (step % cfg.save_every == 0 if cfg.save_every else epoch_end)
         if what == "probe":
-            return cfg.probe and (end or (step % cfg.probe_every == 0 if cfg.probe_every else self.schedule(step, "eval")))
+            if not cfg.probe or cfg.probe_every == -1:
+                return cfg.probe and end
+            return end or (step % cfg.probe_every == 0 if cfg.probe_every else self.schedule(step, "eval"))
         raise ValueError(what)
 
     def __repr__(self):

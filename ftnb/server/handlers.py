@@ -44,16 +44,23 @@ class _Base(APIHandler):
 
 
 class RunsHandler(_Base):
+    _track_activity = False  # the sidebar polls all day: that is not a user being active (idle culling still works)
+
     @tornado.web.authenticated
     async def get(self):
         index = self.index
         if index.stale() and index.refreshing is None:  # one build at a time, in a worker thread
             index.refreshing = asyncio.get_running_loop().run_in_executor(None, index.build)
             index.refreshing.add_done_callback(self._built)
-        if index.body is None:
+        if index.listing is None:
             await asyncio.shield(index.refreshing)  # the first listing: nothing to show yet
+        # otherwise the last listing (at most a build old) while the next one is built
+        body, self._ftnb_etag = index.listing
         self.set_header("Content-Type", "application/json")
-        self.finish(index.body)  # otherwise the last listing (at most a build old) while the next one is built
+        self.finish(body)  # 304 without a body when the client's If-None-Match is this ETag
+
+    def compute_etag(self):
+        return getattr(self, "_ftnb_etag", None)
 
     def _built(self, future):
         self.index.refreshing = None

@@ -4,6 +4,7 @@ Run folders can come from other people (a shared drive, a cloned repository), so
 files, never follows a symlink out of the root, and reads only regular files of bounded size. Nothing is imported or
 executed from a run folder.
 """
+import hashlib
 import json
 import math
 import os
@@ -35,7 +36,7 @@ def resolve_run(root, rel):
     resolved) is outside the root. A folder without config.json and status.json is not a run (404)."""
     if not rel or "\0" in rel or "\\" in rel:
         raise PathRefused(403, "invalid run path")
-    if rel.startswith("/") or os.path.isabs(rel) or (len(rel) > 1 and rel[1] == ":"):
+    if rel.startswith("/") or os.path.isabs(rel) or os.path.splitdrive(rel)[0]:
         raise PathRefused(403, "absolute paths are refused; give the run's path relative to the runs root")
     parts = rel.split("/")
     if any(p in ("", ".", "..") for p in parts):
@@ -147,7 +148,7 @@ class RunIndex:
         self.label = label  # the root as shown to clients: relative to the server root, or absolute
         self.max_age = max_age
         self._summaries = {}  # rel -> (key, summary)
-        self.body, self.built = None, 0.0  # the serialised listing and when it was made (monotonic)
+        self.listing, self.built = None, 0.0  # (JSON body, its ETag) and when it was made (monotonic)
         self.refreshing = None  # the build in progress (a future), set by the handler
 
     def rel(self, run_path):
@@ -174,17 +175,18 @@ class RunIndex:
         return s.get("state") == "running" and RunDir(run_path).status().get("state") != "running"
 
     def build(self):
-        """Scan, summarise and serialise; returns the JSON body. Safe to run in a worker thread (one at a time)."""
+        """Scan, summarise and serialise; returns (body, etag). Safe to run in a worker thread (one at a time)."""
         runs = [self.summary(p) for p in find_runs(self.root)]
         live = {r["path"] for r in runs}
         self._summaries = {k: v for k, v in self._summaries.items() if k in live}
         runs.sort(key=lambda r: r.get("mtime") or 0, reverse=True)
-        self.body = json.dumps({"root": self.label, "runs": runs}, allow_nan=False).encode()
+        body = json.dumps({"root": self.label, "runs": runs}, allow_nan=False).encode()
+        self.listing = (body, f'"{hashlib.sha1(body).hexdigest()}"')  # one assignment: body and etag agree
         self.built = time.monotonic()
-        return self.body
+        return self.listing
 
     def stale(self):
-        return self.body is None or time.monotonic() - self.built > self.max_age
+        return self.listing is None or time.monotonic() - self.built > self.max_age
 
     def invalidate(self):
         self.built = 0.0

@@ -23,8 +23,9 @@ async function request<T>(path: string, init: RequestInit = {}): Promise<T> {
   return body as T;
 }
 
+/** The listing; revalidated with its ETag, so an unchanged listing comes back as a body-less 304. */
 export function listRuns(): Promise<IRunList> {
-  return request<IRunList>('runs');
+  return request<IRunList>('runs', { cache: 'no-cache' });
 }
 
 export function stopRun(path: string): Promise<void> {

@@ -124,7 +124,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
       });
     }
 
-    launcher?.add({ command: CommandIDs.newNotebook, category: 'Notebook', rank: 100 });
+    launcher?.add({ command: CommandIDs.newNotebook, category: CATEGORY, rank: 1 });
     mainMenu?.fileMenu.addGroup([{ command: CommandIDs.newNotebook }], 1);
     if (palette) {
       const all = [

@@ -122,7 +122,7 @@ export class RunsSidebar extends Widget {
     const note = el('div', 'ftnb-run-note');
     note.hidden = true;
     const actions = el('div', 'ftnb-run-actions');
-    const open = el('button', 'jp-Button jp-mod-styled jp-mod-reject ftnb-open', 'Open');
+    const open = el('button', 'jp-Button jp-mod-styled jp-mod-accept ftnb-open', 'Open');
     const stop = el('button', 'jp-Button jp-mod-styled jp-mod-warn ftnb-stop', 'Stop');
     actions.append(open, stop);
     node.append(head, details, track, error, note, actions);

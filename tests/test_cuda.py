@@ -1,0 +1,49 @@
+"""The same guarantees on a CUDA device (bf16 autocast, fused AdamW, bf16 frozen base for LoRA). Skipped without CUDA."""
+import pytest
+import torch
+
+import ftnb
+from ftnb.core.batching import pack, tokenize_example
+from ftnb.core.data import Example
+from ftnb.core.loss import loss_sum
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def losses(run):
+    return [m["loss"] for m in run.metrics() if "loss" in m]
+
+
+def test_lora_on_cuda_keeps_the_base_in_bf16_and_learns(tiny_cfg, qa_data):
+    run = ftnb.train(tiny_cfg, qa_data, device="cuda", epochs=4)
+    assert run.run_dir.status()["state"] == "finished"
+    dtypes = {p.dtype for n, p in run.model.named_parameters() if not p.requires_grad}
+    trained = {p.dtype for p in run.model.parameters() if p.requires_grad}
+    assert dtypes == {torch.bfloat16} and trained == {torch.float32}
+    assert losses(run)[-1] < losses(run)[0]
+    assert run.metrics()[-1].get("mem_gb") or any("mem_gb" in m for m in run.metrics())
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_resume_on_cuda_continues_the_curve(tiny_cfg, qa_data, method):
+    cfg = tiny_cfg.replace(method=method, epochs=3, device="cuda", probe=False)
+    whole = ftnb.train(cfg, qa_data, run_name=f"w-{method}")
+
+    def stop_at_7(ev):
+        if ev.kind == "log" and ev.step == 7:
+            ev.run.request_stop()
+    ftnb.train(cfg, qa_data, run_name=f"p-{method}", subscribers=[stop_at_7])
+    resumed = ftnb.resume(f"{cfg.output_dir}/p-{method}")
+    assert losses(resumed) == pytest.approx(losses(whole), rel=2e-3)
+
+
+def test_packed_equals_unpacked_under_bf16(tiny_path):
+    model, tok, _ = ftnb.load_model(tiny_path, device="cuda")
+    exs = [tokenize_example(tok, Example(messages=[{"role": "user", "content": f"Question {i}?"},
+                                                   {"role": "assistant", "content": "An answer " * (i + 1)}]), 512)
+           for i in range(6)]
+    dev = torch.device("cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        packed = loss_sum(model, pack(exs).to(dev))
+        unpacked = sum(loss_sum(model, pack([e]).to(dev)) for e in exs)
+    assert float(packed) == pytest.approx(float(unpacked), rel=1e-2)
