@@ -75,7 +75,7 @@ def tokenize_data(data, tokenizer, max_seq_len, train_on="assistant"):
         try:
             out.append(tokenize_example(tokenizer, ex, max_seq_len, train_on))
         except RowProblem as p:
-            data.report.problems.append(RowProblem(ex.row, p.field, p.reason))
+            data.report.add_problem(RowProblem(ex.row, p.field, p.reason))
             data.report.usable -= 1
     data.report.truncated += sum(t.truncated for t in out)
     return out

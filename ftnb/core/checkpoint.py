@@ -79,14 +79,22 @@ def load_checkpoint(folder, model, optimizer, scheduler):
         if unexpected or [m for m in missing if "lm_head" not in m]:
             raise RunError(f"checkpoint {folder} does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
     # weights_only: a checkpoint from someone else cannot run code when loaded
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=device, weights_only=True))
-    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
-    rng = torch.load(folder / "rng.pt", weights_only=True)
+    optimizer.load_state_dict(_safe_load(folder / "optimizer.pt", device))
+    scheduler.load_state_dict(_safe_load(folder / "scheduler.pt"))
+    rng = _safe_load(folder / "rng.pt")
     torch.set_rng_state(rng["torch"])
     random.setstate(_as_tuple(rng["python"]))
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
     return json.loads((folder / "trainer_state.json").read_text())
+
+
+def _safe_load(path, device="cpu"):
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # UnpicklingError for anything but tensors and plain containers
+        raise RunError(f"{path} could not be loaded safely ({type(e).__name__}: {str(e)[:200]}); it holds something "
+                       "other than tensors, or is damaged") from None
 
 
 def _as_tuple(x):

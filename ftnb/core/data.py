@@ -27,6 +27,7 @@ FORMAT_COLUMNS = {
 }
 PAIR_ALIASES = (("prompt", "completion"), ("prompt", "response"), ("question", "answer"), ("input", "output"))
 MAX_LINE_BYTES = 64 * 2**20
+MAX_PROBLEMS = 1000  # kept row by row in a report (all are counted)
 FILE_KINDS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "csv",
               ".parquet": "parquet", ".pq": "parquet"}
 
@@ -59,21 +60,27 @@ class DataReport:
     rows: int = 0
     usable: int = 0
     truncated: int = 0
-    problems: list = field(default_factory=list)
+    problems: list = field(default_factory=list)  # the first MAX_PROBLEMS; `bad` counts them all
+    bad: int = 0
     columns: list = field(default_factory=list)  # the fields seen in the first rows (for a column mapping)
     row_unit: str = "row"  # "line" for JSONL and CSV: the number a text editor shows
 
+    def add_problem(self, problem):
+        self.bad += 1
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(problem)
+
     def summary(self, max_problems=50):
         return {"source": self.source, "format": self.format, "rows": self.rows, "usable": self.usable,
-                "bad": len(self.problems), "truncated": self.truncated, "row_unit": self.row_unit,
+                "bad": self.bad, "truncated": self.truncated, "row_unit": self.row_unit,
                 "problems": [vars(p) for p in self.problems[:max_problems]]}
 
     def __str__(self):
         lines = [f"{self.source}: {self.usable} of {self.rows} rows usable (format: {self.format})"
                  + (f", {self.truncated} truncated to max_seq_len" if self.truncated else "")]
         lines += [f"  {self.row_unit} {p.row}, {p.field}: {p.reason}" for p in self.problems[:50]]
-        if len(self.problems) > 50:
-            lines.append(f"  ... and {len(self.problems) - 50} more")
+        if self.bad > 50:
+            lines.append(f"  ... and {self.bad - 50} more")
         return "\n".join(lines)
 
 
@@ -91,7 +98,7 @@ class ChatData:
         return self.examples[i]
 
     def __repr__(self):
-        return f"<ChatData {self.report.source}: {len(self)} examples, {len(self.report.problems)} bad rows>"
+        return f"<ChatData {self.report.source}: {len(self)} examples, {self.report.bad} bad rows>"
 
     def require_usable(self):
         if not self.examples:
@@ -132,7 +139,7 @@ def _read_jsonl(path):
             if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
                 while raw and not raw.endswith(b"\n"):  # skip the rest of the enormous line
                     raw = fh.readline(MAX_LINE_BYTES)
-                yield n, RowProblem(n, "-", f"line longer than {MAX_LINE_BYTES >> 20} MB")
+                yield n, RowProblem(n, "-", f"line longer than {MAX_LINE_BYTES:,} bytes")
                 continue
             if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]
@@ -362,7 +369,8 @@ def normalise(rec, fmt, cols):
     if fmt == "sharegpt":
         c = cols["conversations"]
         turns = rec.get(c)
-        keys = ("role", "content") if turns and isinstance(turns[0], dict) and "role" in turns[0] else ("from", "value")
+        first = turns[0] if isinstance(turns, list) and turns else None
+        keys = ("role", "content") if isinstance(first, dict) and "role" in first else ("from", "value")
         return Example(messages=_turns(turns, c, *keys, SHAREGPT_ROLES))
     if fmt == "text":
         return Example(text=_text(rec.get(cols["text"]), cols["text"]))
@@ -383,50 +391,69 @@ def normalise(rec, fmt, cols):
     return Example(messages=msgs)
 
 
-def load_examples(source, data_format="auto", columns=None):
-    """Read `source` (file, Hub name, list of dicts, DataFrame, datasets.Dataset) into ChatData with a report."""
+def iter_examples(source, data_format="auto", columns=None, report=None):
+    """Yield the usable Examples of `source` one at a time, filling `report` (a DataReport) as it goes: a file of
+    any size streams through in constant memory."""
     label, unit, rows = _records(source)
-    report = DataReport(source=label, row_unit=unit)
-    fmt, cols = (None, dict(columns or {})) if data_format == "auto" else \
-        (data_format, {**{c: c for c in FORMAT_COLUMNS.get(data_format, ())}, **(columns or {})})
+    report = report if report is not None else DataReport(label)
+    report.source, report.row_unit = label, unit
     if data_format not in ("auto", *FORMAT_COLUMNS):
         raise DataError(f"unknown data_format {data_format!r}; choose from auto, {', '.join(FORMAT_COLUMNS)}", source=label)
-    pending, examples, seen_keys = [], [], set()
+    fmt, cols = (None, dict(columns or {})) if data_format == "auto" else \
+        (data_format, {**{c: c for c in FORMAT_COLUMNS.get(data_format, ())}, **(columns or {})})
+    pending, seen_keys = [], set()
 
     def take(n, rec):
         report.rows += 1
         if isinstance(rec, RowProblem):
-            report.problems.append(rec)
-            return
+            report.add_problem(rec)
+            return None
         try:
             ex = normalise(rec, fmt, cols)
         except RowProblem as p:
-            report.problems.append(RowProblem(n, p.field, p.reason))
-            return
+            report.add_problem(RowProblem(n, p.field, p.reason))
+            return None
         ex.row = n
-        examples.append(ex)
+        report.usable += 1
+        return ex
 
     for n, rec in rows:
-        if report.rows < 50 and isinstance(rec, dict):
+        if len(seen_keys) < 200 and report.rows + len(pending) < 50 and isinstance(rec, dict):
             seen_keys |= set(map(str, rec))
         if fmt is None:  # detect from the keys of the first rows
             pending.append((n, rec))
             if len(pending) < 50:
                 continue
             fmt, cols = _detected(seen_keys, cols, label)
-            for item in pending:
-                take(*item)
+            report.format, report.columns = fmt, sorted(seen_keys)
+            yield from filter(None, (take(*item) for item in pending))
             pending = []
         else:
-            take(n, rec)
+            report.format, report.columns = fmt, sorted(seen_keys)
+            ex = take(n, rec)
+            if ex is not None:
+                yield ex
     if pending or fmt is None:
         if not pending:
             raise DataError("no rows found", source=label)
         fmt, cols = _detected(seen_keys, cols, label)
-        for item in pending:
-            take(*item)
-    report.format, report.usable, report.columns = fmt, len(examples), sorted(seen_keys)
+        report.format, report.columns = fmt, sorted(seen_keys)
+        yield from filter(None, (take(*item) for item in pending))
+
+
+def load_examples(source, data_format="auto", columns=None):
+    """Read `source` (file, Hub name, list of dicts, DataFrame, datasets.Dataset) into ChatData with a report."""
+    report = DataReport("")
+    examples = list(iter_examples(source, data_format, columns, report))
     return ChatData(examples, report)
+
+
+def validate(source, data_format="auto", columns=None):
+    """The DataReport of `source` without keeping its examples (a 1 GB JSONL file streams through)."""
+    report = DataReport("")
+    for _ in iter_examples(source, data_format, columns, report):
+        pass
+    return report
 
 
 def _detected(keys, cols, label):

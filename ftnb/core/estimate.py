@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from .models import ATTENTION_TARGETS, pick_device, resolve_model
+from .models import ATTENTION_TARGETS, LOAD_LOCK, pick_device, resolve_model
 
 LOOP_EFFICIENCY = {"cpu": 0.45, "cuda": 0.25, "mps": 0.25}  # achieved FLOP/s of training / matmul FLOP/s
 
@@ -21,7 +21,7 @@ def model_shape(name):
     from transformers import AutoConfig, AutoModelForCausalLM
     path = resolve_model(name)
     cfg = AutoConfig.from_pretrained(path)
-    with torch.device("meta"):
+    with LOAD_LOCK, torch.device("meta"):
         model = AutoModelForCausalLM.from_config(cfg)
     linears = {n: (m.in_features, m.out_features) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     total = sum(p.numel() for p in model.parameters())

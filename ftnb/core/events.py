@@ -70,6 +70,14 @@ class RunDirWriter:
         self.total_steps = None
 
     def on_event(self, ev):
+        try:
+            self._write(ev)
+        except OSError as e:
+            from .errors import RunError
+            raise RunError(f"could not write to the run folder {self.run_dir.path}: {e.strerror or e} (disk full or "
+                           "read-only?); the last checkpoint is intact") from e
+
+    def _write(self, ev):
         rd, d = self.run_dir, ev.data
         if ev.kind == "start":
             self.total_steps = d["total_steps"]

@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import urllib.request
 import warnings
 from pathlib import Path
@@ -19,6 +20,9 @@ import torch
 from .errors import ModelNotFoundError
 
 log = logging.getLogger(__name__)
+# transformers builds models under process-wide switches (meta device, init hooks): one load at a time, so two runs
+# started from two threads of one kernel do not trip over each other
+LOAD_LOCK = threading.RLock()
 # peft calls a transformers method that transformers 5 deprecates; the warning is noise to ftnb's users
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
@@ -162,8 +166,9 @@ def load_model(name="default", device="cpu", dtype=torch.float32, trust_remote_c
     check_safe_folder(path, allow_pickle)
     tok = load_tokenizer(path, trust_remote_code)
     kw = {} if attn == "auto" else {"attn_implementation": attn}
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
-                                                 use_safetensors=not allow_pickle, **kw)
+    with LOAD_LOCK:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                     use_safetensors=not allow_pickle, **kw)
     model.to(device).eval()
     return model, tok, path
 
@@ -192,7 +197,8 @@ def apply_lora(model, cfg):
     lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=targets, task_type="CAUSAL_LM")
     try:
-        return get_peft_model(model, lcfg)
+        with LOAD_LOCK:
+            return get_peft_model(model, lcfg)
     except ValueError as e:
         from .errors import ConfigError
         raise ConfigError("lora_targets", f"{cfg.lora_targets!r} matches no layer of this model ({e})") from None

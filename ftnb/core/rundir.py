@@ -205,6 +205,16 @@ class RunDir:
         if other and other.get("pid") == os.getpid():
             self.lock_path.unlink(missing_ok=True)
 
+    def clean_partial(self):
+        """Remove what a process killed mid-write left: temporary checkpoint folders and temporary JSON files."""
+        for folder in (self.path, self.checkpoints_path):
+            if folder.is_dir():
+                for p in folder.iterdir():
+                    if p.name.startswith((".tmp-", ".old-")) and p.is_dir():
+                        shutil.rmtree(p, ignore_errors=True)
+                    elif p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file():
+                        p.unlink(missing_ok=True)
+
     def prune_checkpoints(self, keep, protect=()):
         cks = self.checkpoints()
         for step, p in cks[:-keep] if keep else cks:

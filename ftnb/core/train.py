@@ -28,8 +28,8 @@ from .events import EventBus, RunDirWriter
 from .forgetting import L2SP, ForgettingProbe, KLToBase, replay_examples
 from .generate import compare, generate
 from .loss import loss_sum, split_head
-from .models import (DEFAULT_HUB_ID, apply_lora, check_safe_folder, load_model, load_tokenizer, pick_device,
-                     resolve_model)
+from .models import (DEFAULT_HUB_ID, LOAD_LOCK, apply_lora, check_safe_folder, load_model, load_tokenizer,
+                     pick_device, resolve_model)
 from .rundir import RunDir, write_json, write_text
 
 
@@ -267,6 +267,7 @@ def _run(cfg, run_dir, data, val_data, subscribers, stop_event, progress, resume
     bus = EventBus([RunDirWriter(run_dir)])
     try:
         run_dir.stop_path.unlink(missing_ok=True)
+        run_dir.clean_partial()
         if resume_from is None:
             train_set, val_set = prepare_data(cfg, data, val_data, run_dir)
         else:
@@ -464,12 +465,14 @@ def load_run(run_dir, device="auto", checkpoint=None):
     if weights.name == "adapter":
         from peft import PeftModel
         base, tok, _ = load_model(cfg.model, dev, torch.float32, cfg.trust_remote_code)
-        model = PeftModel.from_pretrained(base, str(weights))
+        with LOAD_LOCK:
+            model = PeftModel.from_pretrained(base, str(weights))
     else:
         from transformers import AutoModelForCausalLM
         check_safe_folder(weights)
-        model = AutoModelForCausalLM.from_pretrained(weights, dtype=torch.float32, use_safetensors=True,
-                                                     trust_remote_code=cfg.trust_remote_code)
+        with LOAD_LOCK:
+            model = AutoModelForCausalLM.from_pretrained(weights, dtype=torch.float32, use_safetensors=True,
+                                                         trust_remote_code=cfg.trust_remote_code)
         has_tok = (weights / "tokenizer_config.json").exists()
         tok = load_tokenizer(weights if has_tok else resolve_model(cfg.model), cfg.trust_remote_code)
     model.to(dev).eval()

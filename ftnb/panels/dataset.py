@@ -215,7 +215,7 @@ class DatasetBuilder(Panel):
         n = len(self.examples)
         r = self.report
         self.format_html.value = (f"<b>{esc(r.source)}</b>: format <code>{esc(r.format)}</code>, {n} examples"
-                                  + (f", {len(r.problems)} bad rows" if r.problems else "")
+                                  + (f", {r.bad} bad rows" if r.bad else "")
                                   + (f" &middot; autosaved to <code>{esc(self.autosave_path)}</code>"
                                      if self.autosave_path else ""))
         roles = FORMAT_COLUMNS.get(r.format, ())
@@ -258,13 +258,13 @@ class DatasetBuilder(Panel):
 
     def _draw_report(self):
         r = self.report
-        if not r.problems:
+        if not r.bad:
             self.report_html.value = message("ok", f"all {r.rows or len(self.examples)} rows usable")
             return
         items = "".join(f"<li>{esc(r.row_unit)} {p.row}, <code>{esc(p.field)}</code>: {esc(p.reason)}</li>"
                         for p in r.problems[:200])
-        more = f"<li>... {len(r.problems) - 200} more</li>" if len(r.problems) > 200 else ""
-        self.report_html.value = (message("warn", f"{len(r.problems)} of {r.rows} rows cannot be used:")
+        more = f"<li>... {r.bad - 200} more</li>" if r.bad > 200 else ""
+        self.report_html.value = (message("warn", f"{r.bad} of {r.rows} rows cannot be used:")
                                   + f'<ul style="max-height:180px;overflow:auto">{items}{more}</ul>')
 
     def _draw_split(self):

@@ -47,7 +47,10 @@ class ForgettingPanel(Panel):
     # -- plain functions --
     def reload(self):
         """Redraw from the run directory (all probe lines and the latest per-item file)."""
-        self.points = [(m["step"], m["probe"]) for m in self.run_dir.metrics() if "probe" in m]
+        from .monitor import History
+        history = History()
+        history.load(self.run_dir.metrics_path)  # reads probe lines without parsing a long training history
+        self.points = history.probe
         self.redraw()
 
     def add_mc_item(self, question, choices, answer):

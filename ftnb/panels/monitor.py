@@ -4,6 +4,7 @@ tokens/s; live loss, learning-rate and gradient-norm charts; sample answers at e
 A monitor can also be opened on an existing run folder (`TrainingMonitor.open(path)`): it redraws the whole history
 from metrics.jsonl and, while another process is still training it, follows the file.
 """
+import json
 import threading
 import time
 
@@ -35,6 +36,39 @@ class History:
         self.val = {"step": [], "val_loss": []}
         self.probe, self.samples, self.last = [], [], {}
         self.total_steps, self.state, self.error = None, "new", None
+
+    def load(self, path, max_train_lines=4 * MAX_POINTS):
+        """Read a whole metrics.jsonl; return the byte offset after its last complete line. A long history (a
+        million lines) is read at a stride: every evaluation and probe line, and about max_train_lines train lines
+        (the last one always); the file itself keeps every line."""
+        try:
+            with open(path, "rb") as fh:
+                blob = fh.read()
+        except FileNotFoundError:
+            return 0
+        end = blob.rfind(b"\n") + 1  # a torn last line (a writer mid-append) waits for the next read
+        blob = blob[:end]
+        special = {}  # start offset -> line, for every evaluation and probe line (found at C speed, no loop per line)
+        for key in (b'"val_loss"', b'"probe"'):
+            at = blob.find(key)
+            while at != -1:
+                start = blob.rfind(b"\n", 0, at) + 1
+                stop = blob.find(b"\n", at)
+                special[start] = blob[start:stop]
+                at = blob.find(key, stop)
+        lines = blob.split(b"\n")[:-1]
+        stride = max(1, len(lines) // max_train_lines)
+        is_train = lambda x: b'"val_loss"' not in x and b'"probe"' not in x  # noqa: E731
+        last = next((x for x in reversed(lines) if is_train(x)), None)
+        chosen = [x for x in lines[::stride] if is_train(x)]
+        if last is not None and (not chosen or chosen[-1] is not last):
+            chosen.append(last)
+        for line in chosen + [special[k] for k in sorted(special)]:
+            try:
+                self.add(json.loads(line))
+            except ValueError:
+                pass
+        return end
 
     def add(self, row):
         if "probe" in row:
@@ -121,7 +155,7 @@ class TrainingMonitor(Panel):
         if not self.run_dir.config_path.exists():
             raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json)")
         self.history = History()
-        offset = self._read_new(0)
+        offset = self.history.load(self.run_dir.metrics_path)
         self._status_from_disk()
         self.redraw(force=True)
         if follow and self.history.state == "running":
@@ -185,7 +219,6 @@ class TrainingMonitor(Panel):
 
     def _read_new(self, offset):
         """Add the complete metric lines after byte `offset`; return the new offset."""
-        import json
         try:
             with open(self.run_dir.metrics_path, "rb") as fh:
                 fh.seek(offset)
