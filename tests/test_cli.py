@@ -46,3 +46,21 @@ def test_stop_command_writes_the_request(tmp_path, tiny_cfg, qa_data):
     run = ftnb.train(tiny_cfg, qa_data, max_steps=1)
     main(["stop", str(run.run_dir.path)])
     assert run.run_dir.stop_requested()
+
+
+def test_probe_command_prints_the_forgetting_summary(tiny_cfg, qa_data, capsys):
+    import ftnb
+    run = ftnb.train(tiny_cfg, qa_data, learning_rate=5e-3)
+    main(["probe", str(run.run_dir.path)])
+    out = capsys.readouterr().out
+    assert "retention:" in out and "KL" in out and "flipped right -> wrong" in out
+
+
+def test_forgetting_demo_writes_both_runs_and_the_figure(tmp_path, capsys):
+    main(["demo", "--forgetting", "--model", "tiny", "--output-dir", str(tmp_path / "contrast")])
+    out = capsys.readouterr().out
+    assert "== aggressive-full" in out and "== lora-defaults" in out and out.count("retention:") == 2
+    assert (tmp_path / "contrast" / "learning-vs-forgetting.html").exists()
+    import ftnb
+    runs = {r["name"]: r for r in ftnb.list_runs(tmp_path / "contrast")}
+    assert runs["aggressive-full"]["state"] == runs["lora-defaults"]["state"] == "finished"

@@ -147,7 +147,7 @@ class DatasetBuilder(Panel):
         self.mapping = {}
         self.mapping_box = w.HBox()
         self.format_choice = w.Dropdown(options=["auto", *FORMAT_COLUMNS], description="format")
-        self.remap_button = w.Button(description="Re-read with mapping", icon="refresh")
+        self.remap_button = w.Button(description="Re-read with mapping", icon="refresh", layout=w.Layout(width="auto"))
         self.remap_button.on_click(lambda _: self._guard(self._remap))
         self.table = w.HTML()
         self.prev_button, self.next_button = w.Button(icon="arrow-left"), w.Button(icon="arrow-right")
@@ -169,7 +169,7 @@ class DatasetBuilder(Panel):
         self.editor_msg = w.HTML()
         self.report_html = w.HTML()
         self.template_html = w.HTML()
-        self.show_template = w.Button(description="Show template and tokens", icon="eye")
+        self.show_template = w.Button(description="Show template and tokens", icon="eye", layout=w.Layout(width="auto"))
         self.show_template.on_click(lambda _: self._guard(self._draw_tokens))
         self.hist = LiveChart(go.Figure(data=[go.Histogram(x=[], nbinsx=30, name="tokens")],
                                         layout=dict(height=220, margin=dict(l=40, r=10, t=30, b=30),

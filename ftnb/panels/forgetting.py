@@ -43,6 +43,8 @@ class ForgettingPanel(Panel):
                 self.run_dir = monitor.run_dir
         if self.run_dir is not None:
             self.reload()
+        else:
+            self.redraw()
 
     # -- plain functions --
     def reload(self):
@@ -140,32 +142,33 @@ class ForgettingPanel(Panel):
         self.mc_question = w.Text(description="question", layout=w.Layout(width="500px"))
         self.mc_choices = w.Textarea(description="choices", placeholder="one per line", layout=w.Layout(width="500px"))
         self.mc_answer = w.BoundedIntText(value=1, min=1, max=10, description="right one #")
-        self.add_mc_button = w.Button(description="Add multiple choice", icon="plus")
+        self.add_mc_button = w.Button(description="Add multiple choice", icon="plus", layout=w.Layout(width="auto"))
         self.add_mc_button.on_click(lambda _: self._guard(self.add_mc_item, self.mc_question.value,
                                                           [c for c in self.mc_choices.value.splitlines() if c.strip()],
                                                           self.mc_answer.value - 1))
         self.q_text = w.Text(description="question", layout=w.Layout(width="500px"))
         self.q_expect = w.Text(description="expect", placeholder="words a right answer contains, comma-separated")
-        self.add_q_button = w.Button(description="Add question", icon="plus")
+        self.add_q_button = w.Button(description="Add question", icon="plus", layout=w.Layout(width="auto"))
         self.add_q_button.on_click(lambda _: self._guard(self.add_question, self.q_text.value,
                                                          self.q_expect.value.split(",")))
         self.items_msg = w.HTML()
         rows = []
         help_ = TrainConfig.field_help()
         self.switches = {}
+        wide = {"style": {"description_width": "120px"}}
         for name, kind, line in MITIGATIONS:
             meta = help_[name]
             if kind == "slider":
                 widget = w.FloatSlider(value=meta["default"], min=0, max=0.5 if name == "replay_fraction" else 1.0,
-                                       step=0.05, description=name)
+                                       step=0.05, description=name, **wide)
             elif kind == "choice":
-                widget = w.Dropdown(options=list(meta["choices"]), value=meta["default"], description=name)
+                widget = w.Dropdown(options=list(meta["choices"]), value=meta["default"], description=name, **wide)
             elif kind == "int":
-                widget = w.IntText(value=meta["default"], description=name)
+                widget = w.IntText(value=meta["default"], description=name, **wide)
             elif kind == "text":
-                widget = w.Text(value=meta["default"], description=name)
+                widget = w.Text(value=meta["default"], description=name, **wide)
             else:
-                widget = w.FloatText(value=meta["default"], description=name)
+                widget = w.FloatText(value=meta["default"], description=name, **wide)
             widget.tooltip = meta["help"]
             if self.form is not None:  # one source of truth: the switch mirrors the form's field both ways
                 w.link((widget, "value"), (self.form.fields[name], "value"))

@@ -82,7 +82,8 @@ class ConfigForm(Panel):
         self.load_button = w.Button(description="Load JSON", icon="folder-open")
         self.save_button.on_click(lambda _: self._try(self.save, self.path.value))
         self.load_button.on_click(lambda _: self._try(self.load, self.path.value))
-        self.estimate_button = w.Button(description="Estimate memory and time", icon="calculator")
+        self.estimate_button = w.Button(description="Estimate memory and time", icon="calculator",
+                                        layout=w.Layout(width="auto"))
         self.estimate_button.on_click(lambda _: self._try(self.show_estimate))
         self.estimate_html = w.HTML()
         self.status = w.HTML(message("ok", "settings are valid"))
