@@ -13,6 +13,10 @@ def esc(text):
     return html.escape("" if text is None else str(text), quote=True)
 
 
+def plural(n, noun):
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def static_charts():
     """FigureWidget has open rendering bugs on Colab: there, charts are static figures re-drawn in an Output."""
     return os.environ.get("FTNB_STATIC_CHARTS") == "1" or "google.colab" in sys.modules

@@ -7,7 +7,7 @@ from plotly.subplots import make_subplots
 
 from ..core.compare import compare_runs
 from ..core.rundir import list_runs
-from ._common import LiveChart, Panel, esc, message
+from ._common import LiveChart, Panel, esc, message, plural
 
 
 def trade_off_figure(result):
@@ -34,26 +34,33 @@ class RunComparison(Panel):
         self.refresh_button.on_click(lambda _: self.refresh())
         self.picker = w.SelectMultiple(options=[], rows=6, description="runs", layout=w.Layout(width="520px"))
         self.picker.observe(lambda ch: self.select(list(ch["new"])), names="value")
-        fig = make_subplots(rows=1, cols=2, subplot_titles=("train loss", "validation loss"))
-        fig.update_layout(height=300, margin=dict(l=40, r=10, t=40, b=30))
-        self.curves = LiveChart(fig, static=static)
-        self.scatter = LiveChart(trade_off_figure({"runs": [], "points": [], "pareto": []}), static=static)
+        self.static, self.curves, self.scatter = static, None, None  # charts are built when runs are first picked
+        self.curves_box, self.scatter_box = w.Box(), w.Box()
         self.diff = w.HTML()
         self.msg = w.HTML()
-        self.root = w.VBox([w.HBox([self.folder, self.refresh_button]), self.picker, self.msg, self.curves.widget,
+        self.root = w.VBox([w.HBox([self.folder, self.refresh_button]), self.picker, self.msg, self.curves_box,
                             w.HTML("<b>Settings that differ</b>"), self.diff,
-                            w.HTML("<b>Learning versus forgetting</b>"), self.scatter.widget])
+                            w.HTML("<b>Learning versus forgetting</b>"), self.scatter_box])
         self.refresh()
 
     def refresh(self):
         runs = list_runs(self.folder.value)
         self.picker.options = [(f"{r['name']} ({r['state']})", r["path"]) for r in runs]
-        self.msg.value = message("info", f"{len(runs)} runs in {self.folder.value}") if runs else \
+        self.msg.value = message("info", f"{plural(len(runs), 'run')} in {self.folder.value}") if runs else \
             message("warn", f"no runs in {self.folder.value}")
         return runs
 
+    def _charts(self):
+        if self.curves is None:
+            fig = make_subplots(rows=1, cols=2, subplot_titles=("train loss", "validation loss"))
+            fig.update_layout(height=300, margin=dict(l=40, r=10, t=40, b=30))
+            self.curves = LiveChart(fig, static=self.static)
+            self.scatter = LiveChart(trade_off_figure({"runs": [], "points": [], "pareto": []}), static=self.static)
+            self.curves_box.children, self.scatter_box.children = [self.curves.widget], [self.scatter.widget]
+
     def select(self, paths):
         self.result = res = compare_runs(paths)
+        self._charts()
         fig = self.curves.fig
         n = len(res["runs"])
         with_traces = len(fig.data)

@@ -11,7 +11,7 @@ from ..core.data import FORMAT_COLUMNS, ChatData, DataReport, RowProblem, load_e
     normalise
 from ..core.errors import DataError
 from ..core.rundir import write_text
-from ._common import LiveChart, Panel, esc, message
+from ._common import LiveChart, Panel, esc, message, plural
 
 PAGE = 10
 
@@ -171,9 +171,8 @@ class DatasetBuilder(Panel):
         self.template_html = w.HTML()
         self.show_template = w.Button(description="Show template and tokens", icon="eye", layout=w.Layout(width="auto"))
         self.show_template.on_click(lambda _: self._guard(self._draw_tokens))
-        self.hist = LiveChart(go.Figure(data=[go.Histogram(x=[], nbinsx=30, name="tokens")],
-                                        layout=dict(height=220, margin=dict(l=40, r=10, t=30, b=30),
-                                                    title="tokens per example")))
+        self.hist = None  # built on first use: each plotly FigureWidget ships its own copy of plotly.js
+        self.hist_box = w.Box()
         self.val_fraction = w.FloatSlider(value=0.1, min=0, max=0.5, step=0.05, description="validation")
         self.seed = w.IntText(value=42, description="seed")
         self.split_html = w.HTML()
@@ -185,7 +184,7 @@ class DatasetBuilder(Panel):
             w.HTML("<b>Edit</b>"), self.turns, w.HBox([self.add_turn_button, self.save_button, self.new_button,
                                                        self.delete_button]), self.editor_msg,
             w.HTML("<b>Validation</b>"), self.report_html,
-            w.HBox([self.show_template]), self.template_html, self.hist.widget,
+            w.HBox([self.show_template]), self.template_html, self.hist_box,
             w.HBox([self.val_fraction, self.seed]), self.split_html])
 
     def _guard(self, fn, *args):
@@ -272,13 +271,18 @@ class DatasetBuilder(Panel):
             self.split_html.value = ""
             return
         train, val = self.split()
-        self.split_html.value = f"{len(train)} training examples, {len(val)} validation examples"
+        self.split_html.value = f"{plural(len(train), 'training example')}, {plural(len(val), 'validation example')}"
 
     def _draw_tokens(self):
         if not self.examples:
             return
         self.template_html.value = self.render_html(self.selected)
         import numpy as np
+        if self.hist is None:
+            self.hist = LiveChart(go.Figure(data=[go.Histogram(x=[], nbinsx=30, name="tokens")],
+                                            layout=dict(height=220, margin=dict(l=40, r=10, t=30, b=30),
+                                                        title="tokens per example")))
+            self.hist_box.children = [self.hist.widget]
         self.hist.update({0: {"x": np.array(self.token_lengths())}}, force=True)
 
     def _select(self, i):

@@ -131,7 +131,11 @@ class TrainingMonitor(Panel):
         self.status.value = message("info", "stopping after this step...")
 
     def resume(self):
-        if self.running or self.run_dir is None:
+        if self.running:
+            return
+        if self.run_dir is None:
+            self.status.value = message("warn", "nothing to resume yet: Start a run, or open one with "
+                                                "TrainingMonitor.open(path)")
             return
         rd = self.run_dir.path
         self.history = History()
@@ -186,7 +190,10 @@ class TrainingMonitor(Panel):
             except Exception as e:  # shown in the panel; the run folder holds the details
                 self.error = e
                 self.status.value = message("error", f"{type(e).__name__}: {e}")
+            finally:
+                self.start_button.disabled = self.resume_button.disabled = False
         self.thread = threading.Thread(target=work, daemon=True, name="ftnb-train")
+        self.start_button.disabled = self.resume_button.disabled = True
         self.thread.start()
 
     def _on_event(self, ev):
@@ -205,6 +212,7 @@ class TrainingMonitor(Panel):
         if ev.kind in ENDS:
             self.redraw(force=True)
             self._finish_message(ev)
+            self.start_button.disabled = self.resume_button.disabled = False
         elif ev.kind in ("log", "eval", "start"):
             self.redraw(force=ev.kind == "eval")
 

@@ -20,6 +20,8 @@ class Studio(Panel):
         if data is not None:
             self.builder.load(data)
         self.form = ConfigForm(config=config, preset=None if config else preset)
+        self.builder.model_name = self.form.values()["model"]  # the token view uses the form's model's tokenizer
+        self.form.fields["model"].observe(self._model_changed, names="value")
         self.monitor = TrainingMonitor(form=self.form, builder=self.builder)
         self.forgetting = ForgettingPanel(self.monitor, form=self.form)
         self.comparison = RunComparison(runs_dir or self.form.values()["output_dir"])
@@ -31,6 +33,9 @@ class Studio(Panel):
         for i, title in enumerate(("Data", "Settings", "Train", "Forgetting", "Compare")):
             self.tabs.set_title(i, title)
         self.root = self.tabs
+
+    def _model_changed(self, change):
+        self.builder.model_name, self.builder.tokenizer = change["new"], None
 
     def close(self):
         for p in (self.monitor, self.forgetting, self.comparison, self.form, self.builder):

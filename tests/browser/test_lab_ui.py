@@ -1,0 +1,184 @@
+"""The lab extension in a real JupyterLab and a real browser (Playwright driving /usr/bin/chromium, headless).
+
+The tests run in order on one page: the launcher card makes the quickstart notebook; the runs sidebar lists runs
+made beforehand; a tiny model trains in a subprocess, shows as running in the sidebar and the status bar, and the
+Stop button stops it; a run folder named like HTML shows as text. Screenshots go to docs/screenshots/lab-*.png.
+
+The lab and the page come from conftest.py: the extension is served from this checkout's build (ftnb/labextension,
+via JUPYTER_PATH), so run `npm run build:prod` in labextension/ (or `pip install .`) first.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SHOTS = REPO / "docs" / "screenshots"
+XSS_NAME = "<img src=x onerror=alert(1)>"
+TRAIN_FOREVER = """
+import sys, ftnb
+data = [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
+                      {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."}]} for i in range(24)]
+ftnb.train(model="tiny", data=data, output_dir=sys.argv[1], run_name=sys.argv[2], epochs=2000, batch_size=4,
+           probe=False, eval_every=10**6, save_every=10**6)
+"""
+
+pytestmark = pytest.mark.browser  # skipped, or failed under FTNB_REQUIRE_BROWSER=1, without them: see conftest.py
+
+
+def state_of(run):
+    try:
+        return json.loads((run / "status.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """The lab's notebook folder, with a finished run and a failed run whose folder name is HTML."""
+    root = tmp_path_factory.mktemp("lab") / "work"
+    root.mkdir()
+    import ftnb
+    data = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+            for i in range(8)]
+    ftnb.train(model="tiny", data=data, output_dir=str(root / "runs"), run_name="finished-demo", epochs=1,
+               probe=False)
+    xss = root / "runs" / XSS_NAME
+    xss.mkdir()
+    (xss / "config.json").write_text(json.dumps({"model": "tiny"}))
+    (xss / "status.json").write_text(json.dumps({"state": "failed", "step": 2, "total_steps": 10,
+                                                 "error": "<b>bold?</b><script>alert(2)</script>"}))
+    (xss / "metrics.jsonl").write_text(json.dumps({"step": 2, "loss": 2.5, "elapsed_s": 1.0}) + "\n")
+    return root
+
+
+def shot(page, name):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"lab-{name}.png"))
+
+
+def cell_texts(page):
+    return [t for t in page.locator(".jp-NotebookPanel:visible .jp-Cell .jp-InputArea-editor").all_inner_texts()]
+
+
+def active_cell(page):
+    return page.locator(".jp-NotebookPanel:visible .jp-Cell.jp-mod-active")
+
+
+def open_sidebar(page):
+    sidebar = page.locator("#ftnb-runs-sidebar")
+    if not sidebar.is_visible():
+        page.locator('.jp-SideBar.jp-mod-left .lm-TabBar-tab[data-id="ftnb-runs-sidebar"]').click()
+    sidebar.wait_for(state="visible")
+    return sidebar
+
+
+def run_row(page, path):
+    return page.locator(f'#ftnb-runs-sidebar .ftnb-run[data-path="{path}"]')
+
+
+def test_launcher_card_creates_the_quickstart_notebook(page, root):
+    from playwright.sync_api import expect
+    card = page.locator(".jp-LauncherCard", has_text="New fine-tuning notebook")
+    card.scroll_into_view_if_needed()
+    shot(page, "launcher")
+    card.click()
+    cells = page.locator(".jp-NotebookPanel:visible .jp-Cell")
+    expect(cells.first).to_contain_text("Fine-tune a chat model")  # the markdown intro, rendered
+    expect(cells.nth(6)).to_contain_text("monitor.run.compare([")
+    texts = cell_texts(page)
+    assert len(texts) == 7
+    joined = "\n".join(texts)
+    for needle in ("DatasetBuilder.from_source", "ConfigForm(preset=", "TrainingMonitor(form=form, builder=builder)",
+                   "ForgettingPanel(monitor)", "monitor.run.compare(["):
+        assert needle in joined, needle
+    assert page.locator(".lm-TabBar-tab.lm-mod-current", has_text="finetune.ipynb").count() == 1
+    nb = json.loads((root / "finetune.ipynb").read_text())
+    assert len(nb["cells"]) == 7
+    shot(page, "notebook")
+
+
+def test_file_menu_item_never_overwrites(page, root):
+    before = (root / "finetune.ipynb").read_text()
+    page.locator(".lm-MenuBar-itemLabel", has_text="File").first.click()
+    page.locator(".lm-Menu-itemLabel", has_text="New fine-tuning notebook").click()
+    page.locator(".lm-TabBar-tab.lm-mod-current", has_text="finetune-1.ipynb").wait_for()
+    assert (root / "finetune-1.ipynb").exists()
+    assert (root / "finetune.ipynb").read_text() == before
+
+
+def test_palette_inserts_a_panel_cell_below_the_active_cell(page):
+    page.locator(".jp-NotebookPanel:visible .jp-Cell").first.click()
+    page.locator(".lm-MenuBar-itemLabel", has_text="View").first.click()
+    page.locator(".lm-Menu-itemLabel", has_text="Activate Command Palette").click()
+    page.locator(".lm-CommandPalette-input:visible").fill("Insert config form cell")
+    page.locator(".lm-CommandPalette-item:visible", has_text="Insert config form cell").click()
+    active = active_cell(page)
+    active.get_by_text('form = ConfigForm(preset="quick-cpu-demo")').wait_for()
+    page.locator("#jp-main-statusbar").get_by_text("Cell 2/8").wait_for()  # below the first of 7 cells
+
+
+def test_sidebar_lists_runs_as_text(page, root):
+    sidebar = open_sidebar(page)
+    row = run_row(page, "runs/finished-demo")
+    row.wait_for()
+    assert row.locator(".ftnb-run-state").inner_text() == "finished"
+    assert "loss" in row.locator(".ftnb-run-details").inner_text()
+    assert not row.locator(".ftnb-stop").is_visible()
+    # a folder named like HTML, and an error message with markup: shown as the characters they are
+    xss = run_row(page, f"runs/{XSS_NAME}")
+    xss.wait_for()
+    assert xss.locator(".ftnb-run-name").inner_text() == XSS_NAME
+    assert xss.locator(".ftnb-run-error").inner_text() == "<b>bold?</b><script>alert(2)</script>"
+    assert sidebar.locator("img, script, b").count() == 0
+    assert page.dialogs == []
+    assert not page.locator(".ftnb-status").is_visible()  # nothing runs
+    shot(page, "sidebar")
+
+
+def test_open_inserts_the_monitor_cell_into_the_active_notebook(page):
+    run_row(page, "runs/finished-demo").locator(".ftnb-open").click()
+    active_cell(page).get_by_text('ftnb.panels.TrainingMonitor.open("runs/finished-demo")').wait_for()
+    page.locator("#jp-main-statusbar").get_by_text("Cell 3/9").wait_for()
+
+
+def test_running_run_shows_and_stops(page, root):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", TRAIN_FOREVER, str(root / "runs"), "live-run"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    run = root / "runs" / "live-run"
+    try:
+        wait_for(lambda: proc.poll() is None and state_of(run).get("step", 0) > 0, 120, "the run to start training")
+        open_sidebar(page)
+        page.locator("#ftnb-runs-sidebar .ftnb-refresh").click()  # rather than waiting for the slow poll
+        row = run_row(page, "runs/live-run")
+        row.locator(".ftnb-run-state", has_text="running").wait_for(timeout=30000)
+        status = page.locator(".ftnb-status")
+        status.wait_for(state="visible", timeout=30000)
+        text = status.inner_text()
+        assert "live-run" in text and "%" in text and "/" in text
+        shot(page, "running")
+        row.locator(".ftnb-stop").click()
+        wait_for(lambda: state_of(run).get("state") == "stopped", 120, "status.json to say stopped")
+        assert proc.wait(60) == 0
+        row.locator(".ftnb-run-state", has_text="stopped").wait_for(timeout=30000)
+        status.wait_for(state="hidden", timeout=30000)
+        assert not row.locator(".ftnb-stop").is_visible()
+        shot(page, "stopped")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert page.dialogs == []
