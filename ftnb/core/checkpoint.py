@@ -35,7 +35,7 @@ def atomic_dir(final, write):
             shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)
             os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)  # already hidden: a kill here leaves it for clean_partial
         else:
             os.replace(tmp, final)
     except OSError as e:

@@ -26,6 +26,15 @@ from .errors import RunError
 STATES = ("running", "finished", "stopped", "failed")
 
 
+def remove_dir(path):
+    """Delete a folder so that no reader ever sees part of it: renamed to a hidden `.old-` name first (atomic),
+    then removed. A process killed mid-delete leaves only the hidden folder, which clean_partial clears."""
+    path = Path(path)
+    doomed = path.with_name(f".old-{path.name}-{os.getpid()}")
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
 def write_json(path, obj):
     write_text(path, json.dumps(obj, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
 
@@ -219,7 +228,7 @@ class RunDir:
         cks = self.checkpoints()
         for step, p in cks[:-keep] if keep else cks:
             if step not in protect:
-                shutil.rmtree(p, ignore_errors=True)
+                remove_dir(p)  # a kill mid-delete must not leave a checkpoint that looks complete but is not
 
 
 def list_runs(root):

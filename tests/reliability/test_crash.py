@@ -53,6 +53,15 @@ elif mode == "step":  # die inside a step, between two micro-batches' backward p
         return real_loss(*a, **k)
     L.loss_sum = loss_sum
     sys.modules["ftnb.core.train"].loss_sum = loss_sum  # the module (ftnb.core.train is also the function's name)
+elif mode == "prune":  # die halfway through deleting an old checkpoint (its optimizer state gone, the rest still there)
+    real_rmtree = R.shutil.rmtree
+    def rmtree(p, *a, **k):
+        name = os.path.basename(p)
+        if "step-" in name and ".tmp-" not in name:
+            os.unlink(os.path.join(p, "optimizer.pt"))
+            die()
+        return real_rmtree(p, *a, **k)
+    R.shutil.rmtree = rmtree
 data = json.loads(os.environ["FTNB_TEST_DATA"])
 ftnb.train(data=data, output_dir=out, run_name=name, **json.loads(os.environ["FTNB_TEST_SETTINGS"]))
 """
@@ -91,6 +100,7 @@ def resume_and_compare(rd, reference):
     run = ftnb.resume(rd.path)
     assert run.run_dir.status()["state"] == "finished"
     assert not list(rd.checkpoints_path.glob(".tmp-*"))  # the half-written checkpoint was cleared away
+    assert not list(rd.checkpoints_path.glob(".old-*"))  # and so was the half-deleted one
     final = load_file(rd.path / "adapter" / "adapter_model.safetensors")
     assert final.keys() == reference.keys() and all(torch.equal(final[k], reference[k]) for k in final)
     steps = [m["step"] for m in rd.metrics() if "loss" in m]
@@ -98,7 +108,7 @@ def resume_and_compare(rd, reference):
     return True
 
 
-@pytest.mark.parametrize("mode,at", [("checkpoint", 2), ("metrics", 5), ("step", 13)])
+@pytest.mark.parametrize("mode,at", [("checkpoint", 2), ("metrics", 5), ("step", 13), ("prune", 0)])
 def test_kill_at_the_worst_moment(tmp_path, reference, mode, at):
     proc = launch(tmp_path, "run", mode, at)
     assert proc.wait(120) == -signal.SIGKILL
@@ -108,6 +118,8 @@ def test_kill_at_the_worst_moment(tmp_path, reference, mode, at):
     assert ftnb.list_runs(tmp_path)[0]["state"] == "interrupted"
     if mode == "checkpoint":
         assert [s for s, _ in rd.checkpoints()] == [2]  # step 4's checkpoint is absent, not half there
+    if mode == "prune":
+        assert [s for s, _ in rd.checkpoints()] == [4, 6]  # step 2's checkpoint is gone, not half there
     assert resume_and_compare(rd, reference)
 
 
