@@ -14,11 +14,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+from labtools import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 BUILT = REPO / "ftnb" / "labextension"
@@ -50,14 +50,6 @@ def browser_requirements():
         pytest.fail("FTNB_REQUIRE_BROWSER=1, but " + "; ".join(why), pytrace=False)
     if why:
         pytest.skip("; ".join(why))
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.time() + timeout
-    while not predicate():
-        if time.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
 
 
 def free_port():

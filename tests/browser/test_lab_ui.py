@@ -11,10 +11,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from labtools import state_of, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 SHOTS = REPO / "docs" / "screenshots"
@@ -28,21 +28,6 @@ ftnb.train(model="tiny", data=data, output_dir=sys.argv[1], run_name=sys.argv[2]
 """
 
 pytestmark = pytest.mark.browser  # skipped, or failed under FTNB_REQUIRE_BROWSER=1, without them: see conftest.py
-
-
-def state_of(run):
-    try:
-        return json.loads((run / "status.json").read_text())
-    except (FileNotFoundError, ValueError):
-        return {}
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.time() + timeout
-    while not predicate():
-        if time.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from labtools import state_of, wait_for
 
 pytestmark = pytest.mark.browser  # skipped, or failed under FTNB_REQUIRE_BROWSER=1, without them: see conftest.py
 
@@ -20,22 +21,6 @@ SHOTS = REPO / "docs" / "screenshots"
 XSS_IMG = "<img src=x onerror=window.__xss=1>"
 XSS_TEXT = f"{XSS_IMG} and <script>window.__xss=2</script> and {{{{ 7*7 }}}}"
 WIDGET_EXTENSIONS = ("@jupyter-widgets/jupyterlab-manager", "anywidget")
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.time() + timeout
-    while not (result := predicate()):
-        if time.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
-    return result
-
-
-def state_of(run):
-    try:
-        return json.loads((run / "status.json").read_text())
-    except (FileNotFoundError, ValueError):
-        return {}
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,21 @@
+"""Small helpers the browser tests share (imported by name: pytest puts this folder on sys.path)."""
+import json
+import time
+
+
+def wait_for(predicate, timeout, what):
+    """Poll `predicate` every 0.2 s until it returns something true (returned), or fail after `timeout` seconds."""
+    deadline = time.time() + timeout
+    while not (result := predicate()):
+        if time.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.2)
+    return result
+
+
+def state_of(run):
+    """A run folder's status.json, or {} while it is absent or being replaced."""
+    try:
+        return json.loads((run / "status.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
