@@ -1,6 +1,14 @@
 """Small helpers the browser tests share (imported by name: pytest puts this folder on sys.path)."""
 import json
+import os
+import tempfile
 import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+# FTNB_SCREENSHOTS=1 refreshes the README's images in docs/screenshots; otherwise a test run leaves tracked files alone
+SHOTS = (REPO / "docs" / "screenshots" if os.environ.get("FTNB_SCREENSHOTS") == "1"
+         else Path(tempfile.gettempdir()) / "ftnb-screenshots")
 
 
 def wait_for(predicate, timeout, what):

@@ -2,7 +2,8 @@
 
 The tests run in order on one page: the launcher card makes the quickstart notebook; the runs sidebar lists runs
 made beforehand; a tiny model trains in a subprocess, shows as running in the sidebar and the status bar, and the
-Stop button stops it; a run folder named like HTML shows as text. Screenshots go to docs/screenshots/lab-*.png.
+Stop button stops it; a run folder named like HTML shows as text. Screenshots go to docs/screenshots/lab-*.png
+with FTNB_SCREENSHOTS=1.
 
 The lab and the page come from conftest.py: the extension is served from this checkout's build (ftnb/labextension,
 via JUPYTER_PATH), so run `npm run build:prod` in labextension/ (or `pip install .`) first.
@@ -11,13 +12,10 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from labtools import state_of, wait_for
+from labtools import SHOTS, state_of, wait_for
 
-REPO = Path(__file__).resolve().parents[2]
-SHOTS = REPO / "docs" / "screenshots"
 XSS_NAME = "<img src=x onerror=alert(1)>"
 TRAIN_FOREVER = """
 import sys, ftnb

@@ -2,7 +2,8 @@
 
 A Studio trains the tiny model from its Train tab and the loss, learning-rate and gradient-norm charts draw; the
 launcher's notebook trains and the runs sidebar stops it; user text holding HTML, scripts and template syntax shows
-as text in the dataset builder. Screenshots of the Studio's tabs go to docs/screenshots/panel-*.png.
+as text in the dataset builder. Screenshots of the Studio's tabs go to docs/screenshots/panel-*.png
+with FTNB_SCREENSHOTS=1.
 
 The lab and the page come from conftest.py; the kernels inherit FTNB_DEFAULT_MODEL=tiny from the lab server.
 """
@@ -12,12 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-from labtools import state_of, wait_for
+from labtools import SHOTS, state_of, wait_for
 
 pytestmark = pytest.mark.browser  # skipped, or failed under FTNB_REQUIRE_BROWSER=1, without them: see conftest.py
 
-REPO = Path(__file__).resolve().parents[2]
-SHOTS = REPO / "docs" / "screenshots"
 XSS_IMG = "<img src=x onerror=window.__xss=1>"
 XSS_TEXT = f"{XSS_IMG} and <script>window.__xss=2</script> and {{{{ 7*7 }}}}"
 WIDGET_EXTENSIONS = ("@jupyter-widgets/jupyterlab-manager", "anywidget")
@@ -110,7 +109,7 @@ def button(out, name):
 
 
 def shot(page, out, name):
-    """The visible part of a cell's output (scrolled to its top) as docs/screenshots/panel-<name>.png."""
+    """The visible part of a cell's output (scrolled to its top) as panel-<name>.png in SHOTS."""
     out.evaluate("e => e.scrollIntoView({block: 'start'})")
     page.wait_for_timeout(300)  # let plotly finish a relayout after the tab switch
     box = out.bounding_box()
