@@ -72,8 +72,9 @@ class TrainConfig:
                                       "training")
     # -- forgetting --
     probe: bool = _f(True, "Measure forgetting while training: general-knowledge multiple choice, drift (KL) from the base "
-                     "model, general-text perplexity and answers to general questions. One pass takes about 20-30 s on 2 "
-                     "CPU cores for the 135M default model and 1-3 s on a GPU; the baseline is cached per model.",
+                     "model, general-text perplexity and answers to general questions. One pass took 24-31 s on 2 "
+                     "CPU cores for the 135M default model (measured; each run reports its own pass time); the "
+                     "baseline is cached per model.",
                      "forgetting")
     probe_every: int = _f(0, "Probe every N steps (0: at each evaluation; -1: only at step 0 and the end). Always at "
                           "step 0 (the baseline) and at the end.", "forgetting")

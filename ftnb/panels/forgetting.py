@@ -91,7 +91,7 @@ class ForgettingPanel(Panel):
             self.headline.value = message("info", "no probe yet: it runs at step 0, at each evaluation and at the end")
             return
         steps = np.array([s for s, _ in self.points])
-        get = lambda k: np.array([np.nan if p.get(k) is None else p[k] for _, p in self.points], float)  # noqa: E731
+        get = lambda k: np.array([np.nan if p.get(k) is None else p[k] for _, p in self.points], float)
         base = self.points[0][1].get("acc_base") or np.nan
         self.chart.update({0: {"x": steps, "y": get("acc_high")}, 1: {"x": steps, "y": get("acc_low")},
                            2: {"x": steps, "y": get("acc")}, 3: {"x": steps, "y": np.full(len(steps), base)},
@@ -102,7 +102,8 @@ class ForgettingPanel(Panel):
                                f"{s['acc_base']:.1%}, 95% CI {s['acc_low']:.1%}-{s['acc_high']:.1%}), "
                                + (f"retention <b>{ret:.1%}</b>, " if ret is not None else "")
                                + f"KL {s.get('kl') or 0:.4f}, perplexity {s.get('ppl') or 0:.2f} "
-                               f"(base {s.get('ppl_base') or 0:.2f})")
+                               f"(base {s.get('ppl_base') or 0:.2f})"
+                               + (f"; one probe pass {s['seconds']:.1f} s" if s.get("seconds") else ""))
         self._draw_details()
 
     def _draw_details(self):

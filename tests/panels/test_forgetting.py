@@ -1,4 +1,5 @@
 import json
+import re
 
 import ftnb
 from ftnb.panels import ConfigForm, DatasetBuilder, ForgettingPanel, TrainingMonitor
@@ -21,6 +22,7 @@ def test_live_probe_curves_flips_answers_and_items(qa_data, tmp_path):
     assert all(lo <= acc <= hi for lo, acc, hi in zip(chart[1].y, chart[2].y, chart[0].y))  # inside its band
     assert list(chart[4].y) == [m["probe"]["kl"] for m in probes] and chart[4].y[0] == 0
     assert "retention" in panel.headline.value and "right &rarr; wrong" in panel.flips.value
+    assert re.search(r"one probe pass \d+\.\d s", panel.headline.value)
     assert panel.answers.value.count("<tr>") == 1 + 8  # header + the 8 probe questions, base next to now
     # the user's own items go to a file the next run reads
     panel.mc_question.value = "What is the <b>wifi</b> password?"
