@@ -19,13 +19,6 @@ from ftnb.server.handlers import runs_root
 from ftnb.server.runs import PathRefused, find_runs, resolve_run
 
 TOKEN = "ftnb-test-token"
-TRAIN_FOREVER = """
-import sys, ftnb
-data = [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
-                      {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."}]} for i in range(24)]
-ftnb.train(model="tiny", data=data, output_dir=sys.argv[1], run_name=sys.argv[2], epochs=2000, batch_size=4,
-           probe=False, eval_every=10**6, save_every=10**6)
-"""
 
 
 def free_port():
@@ -307,30 +300,23 @@ def test_template_is_the_quickstart_notebook(server):
     assert all(len(s.splitlines()) <= 8 for s in sources)
 
 
-def test_a_real_run_stops_when_asked(server, root):
+def test_a_real_run_stops_when_asked(server, root, train_forever):
     """A tiny model trains in another process; the API sees it running, asks it to stop, and it ends 'stopped'."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", TRAIN_FOREVER, str(root / "live"), "long"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = train_forever(root / "live", "long")
     status_path = root / "live" / "long" / "status.json"
-    try:
-        deadline = time.time() + 120
-        while not (status_path.exists() and json.loads(status_path.read_text()).get("step", 0) > 0):
-            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-            assert time.time() < deadline, "the training subprocess did not start"
-            time.sleep(0.2)
-        runs = server.wait_listing(lambda r: r.get("live/long", {}).get("state") == "running")
-        assert runs["live/long"]["total_steps"] > runs["live/long"]["step"]
-        status, data, _ = server.post("/ftnb/runs/live/long/stop")
-        assert status == 200, data
-        proc.wait(120)
-        assert json.loads(status_path.read_text())["state"] == "stopped"
-        runs = server.wait_listing(lambda r: r["live/long"]["state"] != "running")
-        assert runs["live/long"]["state"] == "stopped"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    deadline = time.time() + 120
+    while not (status_path.exists() and json.loads(status_path.read_text()).get("step", 0) > 0):
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.time() < deadline, "the training subprocess did not start"
+        time.sleep(0.2)
+    runs = server.wait_listing(lambda r: r.get("live/long", {}).get("state") == "running")
+    assert runs["live/long"]["total_steps"] > runs["live/long"]["step"]
+    status, data, _ = server.post("/ftnb/runs/live/long/stop")
+    assert status == 200, data
+    proc.wait(120)
+    assert json.loads(status_path.read_text())["state"] == "stopped"
+    runs = server.wait_listing(lambda r: r["live/long"]["state"] != "running")
+    assert runs["live/long"]["state"] == "stopped"
 
 
 # -- the pieces, without a server --

@@ -9,22 +9,12 @@ The lab and the page come from conftest.py: the extension is served from this ch
 via JUPYTER_PATH), so run `npm run build:prod` in labextension/ (or `pip install .`) first.
 """
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 from labtools import SHOTS, state_of, wait_for
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 XSS_NAME = "<img src=x onerror=alert(1)>"
-TRAIN_FOREVER = """
-import sys, ftnb
-data = [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
-                      {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."}]} for i in range(24)]
-ftnb.train(model="tiny", data=data, output_dir=sys.argv[1], run_name=sys.argv[2], epochs=2000, batch_size=4,
-           probe=False, eval_every=10**6, save_every=10**6)
-"""
 
 pytestmark = pytest.mark.browser  # skipped, or failed under FTNB_REQUIRE_BROWSER=1, without them: see conftest.py
 
@@ -156,31 +146,24 @@ def test_open_inserts_the_monitor_cell_into_the_active_notebook(page):
     page.locator("#jp-main-statusbar").get_by_text("Cell 3/9").wait_for()
 
 
-def test_running_run_shows_and_stops(page, root):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", TRAIN_FOREVER, str(root / "runs"), "live-run"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def test_running_run_shows_and_stops(page, root, train_forever):
+    proc = train_forever(root / "runs", "live-run")
     run = root / "runs" / "live-run"
-    try:
-        wait_for(lambda: proc.poll() is None and state_of(run).get("step", 0) > 0, 120, "the run to start training")
-        open_sidebar(page)
-        page.locator("#ftnb-runs-sidebar .ftnb-refresh").click()  # rather than waiting for the slow poll
-        row = run_row(page, "runs/live-run")
-        row.locator(".ftnb-run-state", has_text="running").wait_for(timeout=30000)
-        status = page.locator(".ftnb-status")
-        status.wait_for(state="visible", timeout=30000)
-        text = status.inner_text()
-        assert "live-run" in text and "%" in text and "/" in text
-        shot(page, "running")
-        row.locator(".ftnb-stop").click()
-        wait_for(lambda: state_of(run).get("state") == "stopped", 120, "status.json to say stopped")
-        assert proc.wait(60) == 0
-        row.locator(".ftnb-run-state", has_text="stopped").wait_for(timeout=30000)
-        status.wait_for(state="hidden", timeout=30000)
-        assert not row.locator(".ftnb-stop").is_visible()
-        shot(page, "stopped")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    wait_for(lambda: proc.poll() is None and state_of(run).get("step", 0) > 0, 120, "the run to start training")
+    open_sidebar(page)
+    page.locator("#ftnb-runs-sidebar .ftnb-refresh").click()  # rather than waiting for the slow poll
+    row = run_row(page, "runs/live-run")
+    row.locator(".ftnb-run-state", has_text="running").wait_for(timeout=30000)
+    status = page.locator(".ftnb-status")
+    status.wait_for(state="visible", timeout=30000)
+    text = status.inner_text()
+    assert "live-run" in text and "%" in text and "/" in text
+    shot(page, "running")
+    row.locator(".ftnb-stop").click()
+    wait_for(lambda: state_of(run).get("state") == "stopped", 120, "status.json to say stopped")
+    assert proc.wait(60) == 0
+    row.locator(".ftnb-run-state", has_text="stopped").wait_for(timeout=30000)
+    status.wait_for(state="hidden", timeout=30000)
+    assert not row.locator(".ftnb-stop").is_visible()
+    shot(page, "stopped")
     assert page.dialogs == []
