@@ -8,7 +8,6 @@ __version__ = "0.1.0"
 from .server import _jupyter_labextension_paths, _jupyter_server_extension_points  # noqa: F401
 
 
-
 def __getattr__(name):
     """ftnb.train, ftnb.TrainConfig ... (everything in ftnb.core.__all__), ftnb.bundled and ftnb.Studio."""
     if name == "bundled":

@@ -43,11 +43,12 @@ def print_table(rows, items, out=print):
     out("")
 
 
-def probe_cost(run):
-    """How much of the training time the probe added (a baseline taken from the cache costs nothing)."""
+def probe_cost(run, metrics):
+    """How much of the training time the probe added (a baseline taken from the cache costs nothing), from the run's
+    metrics lines."""
     from .core.rundir import read_json
-    logs = [m for m in run.metrics() if "loss" in m]
-    spent = sum(m["probe"]["seconds"] for m in run.metrics() if "probe" in m and m["step"] > 0)
+    logs = [m for m in metrics if "loss" in m]
+    spent = sum(m["probe"]["seconds"] for m in metrics if "probe" in m and m["step"] > 0)
     base = read_json(run.run_dir.path / "probe" / "baseline.json", default={}) or {}
     if base and not base.get("cached"):
         spent += base["result"]["seconds"]["total"]
@@ -73,18 +74,20 @@ def run_demo(output_dir="runs", epochs=None, model="default", out=print):
         rows = run.compare([it["question"] for it in items], max_new_tokens=48)
         out(f"\n{part} questions")
         print_table(rows, items, out)
-        report[part] = {"after": score(rows, items)[0], "before": score(rows, items)[1], "n": len(items),
+        after, before = score(rows, items)
+        report[part] = {"after": after, "before": before, "n": len(items),
                         "first_ok": answer_ok(rows[0]["tuned"], items[0]["expect"])}
     r, g = report["restaurant"], report["general"]
-    val = [m["val_loss"] for m in run.metrics() if "val_loss" in m]
+    metrics = run.metrics()  # read once: validation, probe and timing lines
+    val = [m["val_loss"] for m in metrics if "val_loss" in m]
     out(f"restaurant facts: {r['after']}/{r['n']} answered correctly after training ({r['before']}/{r['n']} before)")
     out(f"general questions: {g['after']}/{g['n']} still correct ({g['before']}/{g['n']} before)")
     if val:
         out(f"validation loss: {val[0]:.3f} after epoch 1, {val[-1]:.3f} at the end")
-    probes = [m for m in run.metrics() if "probe" in m]
+    probes = [m for m in metrics if "probe" in m]
     if probes:
         out("\nforgetting probe (general knowledge, step 0 against the end):\n" + format_summary(probes[-1]["probe"]))
-        out(probe_cost(run))
+        out(probe_cost(run, metrics))
     out(f"run directory: {run.run_dir.path}   ({time.time() - t0:.0f} s in all)")
     out(f"next: ftnb generate {run.run_dir.path} \"Do you deliver?\"   |   ftnb export {run.run_dir.path} --merge tuned-model")
     return r["first_ok"] and g["first_ok"]
@@ -112,10 +115,10 @@ def save_trade_off_figure(paths, out):
     """Validation loss against retention along each run (one marker per probe), as HTML (plotly) and PNG (when
     matplotlib is installed). Returns the files written."""
     import plotly.graph_objects as go
+    points = {name: trade_off_points(path) for name, path in paths.items()}
     fig = go.Figure()
     written = []
-    for name, path in paths.items():
-        pts = trade_off_points(path)
+    for name, pts in points.items():
         fig.add_scatter(x=[p[1] for p in pts], y=[p[2] for p in pts], mode="lines+markers+text", name=name,
                         text=[f"step {p[0]}" for p in pts], textposition="top right",
                         error_y=dict(type="data", symmetric=False, array=[p[4] - p[2] for p in pts],
@@ -133,8 +136,7 @@ def save_trade_off_figure(paths, out):
     except ImportError:
         return written
     plt.figure(figsize=(7.6, 4.8))
-    for name, path in paths.items():
-        pts = trade_off_points(path)
+    for name, pts in points.items():
         xs, ys = [p[1] for p in pts], [p[2] for p in pts]
         plt.errorbar(xs, ys, yerr=[[p[2] - p[3] for p in pts], [p[4] - p[2] for p in pts]], marker="o", capsize=3,
                      label=name)

@@ -88,15 +88,15 @@ class Batch:
     labels: torch.Tensor        # (1, T), already shifted: labels[t] is the token predicted at t, or IGNORE
     n_tokens: int
     n_targets: int
-    target_index: torch.Tensor = None  # positions t with labels[t] != IGNORE (found on the host: no GPU sync)
-    targets: torch.Tensor = None       # labels at those positions
+    target_index: torch.Tensor  # positions t with labels[t] != IGNORE (found on the host: no GPU sync)
+    targets: torch.Tensor       # labels at those positions
 
     def to(self, device):
-        if device.type != "cuda":
-            return self if device.type == "cpu" else Batch(*(x.to(device) if torch.is_tensor(x) else x
-                                                             for x in vars(self).values()))
-        move = lambda x: x.pin_memory().to(device, non_blocking=True) if torch.is_tensor(x) else x  # noqa: E731
-        return Batch(*(move(x) for x in vars(self).values()))
+        if device.type == "cpu":
+            return self
+        cuda = device.type == "cuda"  # pinned host memory lets the copy overlap with the GPU's work
+        return Batch(*((x.pin_memory() if cuda else x).to(device, non_blocking=cuda) if torch.is_tensor(x) else x
+                       for x in vars(self).values()))
 
 
 def pack(examples):

@@ -425,11 +425,9 @@ def iter_examples(source, data_format="auto", columns=None, report=None):
             if len(pending) < 50:
                 continue
             fmt, cols = _detected(seen_keys, cols, label)
-            report.format, report.columns = fmt, sorted(seen_keys)
             yield from filter(None, (take(*item) for item in pending))
             pending = []
         else:
-            report.format, report.columns = fmt, sorted(seen_keys)
             ex = take(n, rec)
             if ex is not None:
                 yield ex
@@ -437,8 +435,8 @@ def iter_examples(source, data_format="auto", columns=None, report=None):
         if not pending:
             raise DataError("no rows found", source=label)
         fmt, cols = _detected(seen_keys, cols, label)
-        report.format, report.columns = fmt, sorted(seen_keys)
         yield from filter(None, (take(*item) for item in pending))
+    report.format, report.columns = fmt, sorted(seen_keys)  # once, not per row: seen_keys stops growing early
 
 
 def load_examples(source, data_format="auto", columns=None):

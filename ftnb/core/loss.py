@@ -33,17 +33,12 @@ def _chunk_ce(head, hidden, targets):
 def loss_sum(model, batch, parts=None):
     """Sum of next-token cross-entropy over the batch's targets (divide by the step's target count outside)."""
     parts = parts if parts is not None else split_head(model)
-    labels = batch.labels[0]
     if parts is None:
         logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).logits
-        return F.cross_entropy(logits[0].float(), labels, ignore_index=-100, reduction="sum")
+        return F.cross_entropy(logits[0].float(), batch.labels[0], ignore_index=-100, reduction="sum")
     backbone, head = parts
     hidden = backbone(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).last_hidden_state[0]
-    if batch.target_index is None:
-        sel = (labels != -100).nonzero().squeeze(1)
-        hidden, targets = hidden.index_select(0, sel), labels.index_select(0, sel)
-    else:
-        hidden, targets = hidden.index_select(0, batch.target_index), batch.targets
+    hidden, targets = hidden.index_select(0, batch.target_index), batch.targets
     total = hidden.new_zeros((), dtype=torch.float32)
     vocab = head.weight.shape[0]
     for i in range(0, targets.numel(), CHUNK):

@@ -58,9 +58,11 @@ class Run:
         if what == "save":
             return not end and (step % cfg.save_every == 0 if cfg.save_every else epoch_end)
         if what == "probe":
-            if not cfg.probe or cfg.probe_every == -1:
-                return cfg.probe and end
-            return end or (step % cfg.probe_every == 0 if cfg.probe_every else self.schedule(step, "eval"))
+            if not cfg.probe or end:
+                return cfg.probe
+            if cfg.probe_every == -1:  # step 0 and the end only
+                return False
+            return step % cfg.probe_every == 0 if cfg.probe_every else self.schedule(step, "eval")
         raise ValueError(what)
 
     def __repr__(self):

@@ -212,7 +212,6 @@ class TrainingMonitor(Panel):
         if ev.kind in ENDS:
             self.redraw(force=True)
             self._finish_message(ev)
-            self.start_button.disabled = self.resume_button.disabled = False
         elif ev.kind in ("log", "eval", "start"):
             self.redraw(force=ev.kind == "eval")
 
