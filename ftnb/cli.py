@@ -58,13 +58,15 @@ def cmd_train(args):
     from .core.train import train
     cfg = _config_from_args(args)
     run = train(cfg, progress=True)
-    print(f"run directory: {run.run_dir.path}  ({run.state})")
+    if run.main:  # one line from a multi-process run, not one per process
+        print(f"run directory: {run.run_dir.path}  ({run.state})")
 
 
 def cmd_resume(args):
     from .core.train import resume
     run = resume(args.run, progress=True)
-    print(f"run directory: {run.run_dir.path}  ({run.state})")
+    if run.main:  # one line from a multi-process run, not one per process
+        print(f"run directory: {run.run_dir.path}  ({run.state})")
 
 
 def cmd_stop(args):

@@ -19,7 +19,7 @@ from .generate import base_model_context
 from .loss import split_head
 from .models import cache_dir, load_model, pick_device, resolve_model
 from .probe import ProbeSuite, run_probe, summarize, topk_kl
-from .rundir import read_json, write_json
+from .rundir import read_json, write_atomic, write_json
 
 
 def model_identity(path):
@@ -183,8 +183,9 @@ class KLToBase:
             with base_model_context(run.model), torch.no_grad():
                 self.ref = [self._logp(run.model, [ex])[0].topk(32, -1) for ex in self.pool]
             self.ref = [(r.indices.cpu(), r.values.cpu()) for r in self.ref]
-            path.parent.mkdir(exist_ok=True)
-            torch.save(self.ref, path)
+            if run.main:  # the other processes of a multi-process run compute the same and write nothing
+                path.parent.mkdir(exist_ok=True)
+                write_atomic(path, lambda fh: torch.save(self.ref, fh))
 
     @staticmethod
     def _logp(model, examples):

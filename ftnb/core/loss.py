@@ -48,3 +48,15 @@ def loss_sum(model, batch, parts=None):
         else:
             total = total + _chunk_ce(head, h, t)
     return total
+
+
+class StepLoss(torch.nn.Module):
+    """`loss_sum` as a module's forward, so that DDP (which exchanges gradients through the forward of the module
+    it wraps) can wrap the loss rather than the model's logits path."""
+
+    def __init__(self, model, parts=None):
+        super().__init__()
+        self.model, self.parts = model, parts if parts is not None else split_head(model)
+
+    def forward(self, batch):
+        return loss_sum(self.model, batch, self.parts)

@@ -40,12 +40,17 @@ def write_json(path, obj):
 
 
 def write_text(path, text):
-    """Atomic: readers see the old file or the new one, never half of one."""
+    write_atomic(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def write_atomic(path, write):
+    """Call write(binary file) on a temporary file beside `path`, then rename it to `path`: readers see the old file
+    or the new one, never half of one."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

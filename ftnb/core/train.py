@@ -23,11 +23,12 @@ from . import checkpoint as ckpt
 from .batching import StepPlan, micro_batches, pack, tokenize_data
 from .config import TrainConfig
 from .data import ChatData, DataReport, load_examples
+from .distributed import Processes
 from .errors import ConfigError, DataError, RunError
 from .events import EventBus, RunDirWriter
 from .forgetting import L2SP, ForgettingProbe, KLToBase, replay_examples
 from .generate import compare, generate
-from .loss import loss_sum, split_head
+from .loss import StepLoss, loss_sum, split_head
 from .models import (DEFAULT_HUB_ID, LOAD_LOCK, apply_lora, check_safe_folder, load_model, load_tokenizer,
                      pick_device, resolve_model)
 from .rundir import RunDir, write_json, write_text
@@ -48,6 +49,7 @@ class Run:
         self.stop_reason = None
         self.steps_per_epoch = 0
         self.emit = lambda kind, step, **data: None  # set by the loop: subscribers publish events through it
+        self.main = True  # False in the processes other than process 0 of a multi-process run: they write nothing
 
     def schedule(self, step, what):
         """Whether `what` ('eval', 'save' or 'probe') happens after optimizer step `step` (steps count from 1)."""
@@ -208,19 +210,21 @@ def autocast(cfg, device):
 
 
 @torch.no_grad()
-def evaluate(model, examples, max_tokens, cfg, device, parts=None):
-    """Mean loss per target token over `examples` (dropout off)."""
+def evaluate(model, examples, max_tokens, cfg, device, parts=None, procs=None):
+    """Mean loss per target token over `examples` (dropout off); several processes each take a share."""
+    procs = procs or Processes()
     was = model.training
     model.eval()
     total, targets = 0.0, 0
     try:
-        for group in micro_batches(examples, max_tokens):
+        for group in micro_batches(procs.share(examples), max_tokens):
             batch = pack(group).to(device)
             with autocast(cfg, device):
                 total += loss_sum(model, batch, parts).item()
             targets += batch.n_targets
     finally:
         model.train(was)
+    total, targets = procs.total(total, targets)
     return total / max(targets, 1)
 
 
@@ -236,8 +240,10 @@ def train(config=None, data=None, *, val_data=None, subscribers=(), stop_event=N
     `config.model`, so name it there too).
     """
     cfg = (config or TrainConfig()).replace(**overrides) if overrides else (config or TrainConfig())
-    run_dir = new_run_dir(cfg)
-    return _run(cfg, run_dir, data, val_data, subscribers, stop_event, progress, resume_from=None, base_model=base_model)
+    procs = Processes(cfg)
+    run_dir = RunDir(procs.broadcast(str(new_run_dir(cfg).path) if procs.main else None))
+    return _run(cfg, run_dir, data, val_data, subscribers, stop_event, progress, resume_from=None, base_model=base_model,
+                procs=procs)
 
 
 def resume(run_dir, *, subscribers=(), stop_event=None, progress=False, checkpoint=None, **overrides):
@@ -252,8 +258,13 @@ def resume(run_dir, *, subscribers=(), stop_event=None, progress=False, checkpoi
         cks = [c for c in cks if c[0] == checkpoint]
     if not cks:
         raise RunError(f"{rd.path} has no checkpoint{'' if checkpoint is None else f' at step {checkpoint}'} to resume from")
-    data, val = (_saved_examples(rd.path / "data" / f) for f in ("train.jsonl", "val.jsonl"))
-    return _run(cfg, rd, data, val, subscribers, stop_event, progress, resume_from=cks[-1][1])
+    data, val = _saved_data(rd)
+    return _run(cfg, rd, data, val, subscribers, stop_event, progress, resume_from=cks[-1][1], procs=Processes(cfg))
+
+
+def _saved_data(rd):
+    """The training and validation examples saved in a run directory."""
+    return tuple(_saved_examples(rd.path / "data" / f) for f in ("train.jsonl", "val.jsonl"))
 
 
 def _saved_examples(path):
@@ -262,19 +273,26 @@ def _saved_examples(path):
     return load_examples(path, "auto")
 
 
-def _run(cfg, run_dir, data, val_data, subscribers, stop_event, progress, resume_from, base_model=None):
+def _run(cfg, run_dir, data, val_data, subscribers, stop_event, progress, resume_from, base_model=None, procs=None):
+    procs = procs or Processes()
     created = not run_dir.path.exists()
-    run_dir.acquire_lock()
     run = None
-    bus = EventBus([RunDirWriter(run_dir)])
+    bus = EventBus([RunDirWriter(run_dir)] if procs.main else [])  # process 0 alone writes the run directory
+    if procs.main:
+        run_dir.acquire_lock()
     try:
-        run_dir.stop_path.unlink(missing_ok=True)
-        run_dir.clean_partial()
-        if resume_from is None:
-            train_set, val_set = prepare_data(cfg, data, val_data, run_dir)
-        else:
-            train_set, val_set = data, val_data
-        device = pick_device(cfg.device)
+        sets = [data, val_data]
+
+        def first():  # on process 0 while the others wait: data snapshot, and the model converted or downloaded once
+            run_dir.stop_path.unlink(missing_ok=True)
+            run_dir.clean_partial()
+            if resume_from is None:
+                sets[:] = prepare_data(cfg, data, val_data, run_dir)
+            if base_model is None:
+                resolve_model(cfg.model)
+        procs.main_first(first)
+        train_set, val_set = sets if procs.main or resume_from is not None else _saved_data(run_dir)
+        device = procs.device or pick_device(cfg.device)
         seed_everything(cfg.seed)
         model, tok, model_path = prepare_model(cfg, device, base_model)
         run = Run(cfg, run_dir.path, model, tok)
@@ -287,25 +305,26 @@ def _run(cfg, run_dir, data, val_data, subscribers, stop_event, progress, resume
         if not train_set.tokenized:
             raise DataError(f"no usable examples after tokenisation: {train_set.report.problems[0]}",
                             source=train_set.report.source)
-        if resume_from is None:
+        if resume_from is None and procs.main:
             cfg.save(run_dir.config_path)
             write_data_summary(run_dir, train_set, val_set)
-        return _fit(run, cfg, run_dir, bus, subscribers, progress, device, model_path, resume_from)
+        return _fit(run, cfg, run_dir, bus, subscribers, progress, device, model_path, resume_from, procs)
     except BaseException as e:
         error = _explain(e, cfg)
-        if run_dir.config_path.exists():
+        if procs.main and run_dir.config_path.exists():
             try:
                 bus.emit("failed", run.step if run else 0, run, error=error)
             except Exception:
                 pass  # the original error matters more than a failed status write
-        elif created:  # nothing worth keeping yet: leave no half-made folder behind
+        elif procs.main and created:  # nothing worth keeping yet: leave no half-made folder behind
             run_dir.release_lock()
             shutil.rmtree(run_dir.path, ignore_errors=True)
         if isinstance(e, torch.OutOfMemoryError):
             raise RunError(error) from e
         raise
     finally:
-        run_dir.release_lock()
+        if procs.main:
+            run_dir.release_lock()
 
 
 def _explain(e, cfg):
@@ -318,7 +337,7 @@ def _explain(e, cfg):
     return f"{type(e).__name__}: {e}"
 
 
-def _fit(run, cfg, run_dir, bus, subscribers, progress, device, model_path, resume_from):
+def _fit(run, cfg, run_dir, bus, subscribers, progress, device, model_path, resume_from, procs):
     model, tok = run.model, run.tokenizer
     examples, val_examples = run.train_data.tokenized, run.val_data.tokenized
     plan = StepPlan(len(examples), cfg.batch_size, cfg.epochs, cfg.max_steps, cfg.seed)
@@ -329,6 +348,8 @@ def _fit(run, cfg, run_dir, bus, subscribers, progress, device, model_path, resu
     optimizer = make_optimizer(model, cfg, device)
     scheduler = make_scheduler(optimizer, cfg, plan.total_steps)
     parts = split_head(model)
+    step_loss = procs.wrap(StepLoss(model, parts))  # DDP when several processes
+    run.main = procs.main
     if cfg.l2sp_alpha:  # anchored to the starting weights, so taken before a checkpoint is loaded
         run.extra_loss.append(L2SP(cfg, model))
     if cfg.kl_beta:
@@ -336,16 +357,18 @@ def _fit(run, cfg, run_dir, bus, subscribers, progress, device, model_path, resu
     state = {"step": 0, "tokens": 0, "targets": 0, "train_s": 0.0, "elapsed_s": 0.0}
     if resume_from is not None:
         state.update(ckpt.load_checkpoint(resume_from, model, optimizer, scheduler))
-        run_dir.truncate_metrics(state["step"])
+        if procs.main:
+            run_dir.truncate_metrics(state["step"])
     run.step = step = state["step"]
-    write_json(run_dir.path / "meta.json", _meta(model, model_path, device, max_tokens))
-    if cfg.probe:
-        bus.subscribe(ForgettingProbe(cfg))
-    for sub in subscribers:
-        bus.subscribe(sub)
-    if progress:
-        from .events import ProgressBar
-        bus.subscribe(ProgressBar())
+    if procs.main:  # the others train and join the collectives; views, probe and files belong to process 0
+        write_json(run_dir.path / "meta.json", _meta(model, model_path, device, max_tokens, procs.world))
+        if cfg.probe:
+            bus.subscribe(ForgettingProbe(cfg))
+        for sub in subscribers:
+            bus.subscribe(sub)
+        if progress:
+            from .events import ProgressBar
+            bus.subscribe(ProgressBar())
     t_start = time.perf_counter() - state["elapsed_s"]
     bus.emit("start", step, run, total_steps=plan.total_steps, steps_per_epoch=plan.steps_per_epoch,
              resumed=resume_from is not None, device=str(device), micro_batch_tokens=max_tokens)
@@ -357,9 +380,9 @@ def _fit(run, cfg, run_dir, bus, subscribers, progress, device, model_path, resu
         bus.emit("checkpoint", step, run, path=str(folder), end=end)
 
     def validate(step):
-        val = evaluate(model, val_examples, max_tokens, cfg, device, parts)
-        samples = [{"prompt": p, "answer": a} for p, a in
-                   zip(cfg.sample_prompts, generate(model, tok, cfg.sample_prompts, 48))] if cfg.sample_prompts else []
+        val = evaluate(model, val_examples, max_tokens, cfg, device, parts, procs)
+        samples = [{"prompt": p, "answer": a} for p, a in zip(cfg.sample_prompts, generate(
+            model, tok, cfg.sample_prompts, 48))] if cfg.sample_prompts and procs.main else []
         bus.emit("eval", step, run, epoch=round(plan.epoch_of(step), 4), val_loss=val,
                  elapsed_s=round(time.perf_counter() - t_start, 3), samples=samples)
 
@@ -374,19 +397,27 @@ def _fit(run, cfg, run_dir, bus, subscribers, progress, device, model_path, resu
         # gradients equal one big batch's
         step_examples = [examples[i] for i in plan.indices(step)]
         n_targets = sum(sum(ex.mask[1:]) for ex in step_examples)
-        for group in micro_batches(step_examples, max_tokens):
-            batch = pack(group).to(device)
-            with autocast(cfg, device):
-                loss = loss_sum(model, batch, parts) / n_targets
-            loss.backward()
-            run_loss += loss.detach() * n_targets
-            state["tokens"] += batch.n_tokens
-            log_tokens += batch.n_tokens
-        for extra in run.extra_loss:  # regularisers (mitigations): once per step, their own backward
-            with autocast(cfg, device):
+        step_tokens = sum(len(ex) for ex in step_examples)
+        for extra in run.extra_loss:  # regularisers (mitigations): once per step, their own backward, before the
+            with autocast(cfg, device):  # last micro-batch's, which exchanges the gradients summed so far
                 reg = extra(model, step)
             reg.backward()
             run_reg += reg.detach()
+        # this process's share of the step; DDP averages the processes' gradients, hence the factor world
+        mine, scale = procs.share(step_examples), procs.world / n_targets
+        if not mine:  # fewer examples than processes: join the gradient exchange with a zero gradient
+            mine, scale = step_examples[:1], 0.0
+        groups = micro_batches(mine, max_tokens)
+        for i, group in enumerate(groups):
+            batch = pack(group).to(device)
+            with procs.sync(step_loss, i == len(groups) - 1):
+                with autocast(cfg, device):
+                    total = step_loss(batch)
+                (total * scale).backward()
+            if scale:
+                run_loss += total.detach()
+        state["tokens"] += step_tokens
+        log_tokens += step_tokens
         run_targets += n_targets
         run_steps += 1
         state["targets"] += n_targets
@@ -398,8 +429,9 @@ def _fit(run, cfg, run_dir, bus, subscribers, progress, device, model_path, resu
         step += 1
         run.step = step
         end = step == plan.total_steps
-        if step % cfg.log_every == 0 or end or run.schedule(step, "eval") or run.schedule(step, "probe"):
-            loss_value = (run_loss / run_targets).item()  # the one host sync per logging interval
+        logged = step % cfg.log_every == 0 or end or run.schedule(step, "eval") or run.schedule(step, "probe")
+        if logged:
+            loss_value = (procs.sum(run_loss) / run_targets).item()  # the one host sync per logging interval
             log_train_s += time.perf_counter() - t0
             state["train_s"] += log_train_s
             if not math.isfinite(loss_value):
@@ -420,27 +452,30 @@ def _fit(run, cfg, run_dir, bus, subscribers, progress, device, model_path, resu
             run_targets, run_steps, log_tokens, log_train_s = 0, 0, 0, 0.0
         else:
             log_train_s += time.perf_counter() - t0
-        if not end and (run.stop_event.is_set() or run_dir.stop_requested()):
+        # several processes agree on stopping where they synchronise anyway: at logged steps
+        if not end and (logged or procs.world == 1) and procs.any(
+                procs.main and (run.stop_event.is_set() or run_dir.stop_requested())):
             break
         if val_examples and run.schedule(step, "eval"):
             validate(step)
-        if run.schedule(step, "save"):
+        if run.schedule(step, "save") and procs.main:
             save(step)
     # cleanup: a stopped run keeps a checkpoint to resume from; a finished one writes its weights
-    if step < plan.total_steps:
+    if procs.main and step < plan.total_steps:
         save(step)
         run_dir.stop_path.unlink(missing_ok=True)
         bus.emit("stopped", step, run, output=None, reason=run.stop_reason or "stop requested")
-        return run
-    save(step, end=True)
-    out = run_dir.path / ("adapter" if cfg.method == "lora" else "model")
-    base_name = DEFAULT_HUB_ID if cfg.model == "default" else model_path if cfg.model == "tiny" else cfg.model
-    ckpt.atomic_dir(out, lambda tmp: ckpt.save_weights(model, tok, tmp, base_name))
-    bus.emit("finished", step, run, output=str(out), best_checkpoint=run.best_checkpoint)
+    elif procs.main:
+        save(step, end=True)
+        out = run_dir.path / ("adapter" if cfg.method == "lora" else "model")
+        base_name = DEFAULT_HUB_ID if cfg.model == "default" else model_path if cfg.model == "tiny" else cfg.model
+        ckpt.atomic_dir(out, lambda tmp: ckpt.save_weights(model, tok, tmp, base_name))
+        bus.emit("finished", step, run, output=str(out), best_checkpoint=run.best_checkpoint)
+    procs.barrier()  # when train() returns on any process, the run's files are written
     return run
 
 
-def _meta(model, model_path, device, max_tokens):
+def _meta(model, model_path, device, max_tokens, processes=1):
     import peft
     import transformers
 
@@ -449,7 +484,7 @@ def _meta(model, model_path, device, max_tokens):
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"ftnb": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "peft": peft.__version__, "model_path": str(model_path), "device": str(device), "params": n_all,
-            "trainable_params": n_train, "micro_batch_tokens": max_tokens, "pid": os.getpid(),
+            "trainable_params": n_train, "micro_batch_tokens": max_tokens, "processes": processes, "pid": os.getpid(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
