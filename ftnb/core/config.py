@@ -38,6 +38,13 @@ class TrainConfig:
     lora_targets: str = _f("all-linear", "Layers that get adapters: 'all-linear' (every linear layer except the output), "
                            "'attention' (q,k,v,o projections only: learns less, forgets less) or a comma list of module names.",
                            "lora")
+    use_dora: bool = _f(False, "DoRA: each adapted weight is split into a magnitude and a direction, and the magnitude "
+                        "trains too (peft). Often closer to full fine-tuning at LoRA's size; each step is slower (a "
+                        "weight norm per adapted layer).", "lora")
+    quantize: str = _f("none", "QLoRA: hold the frozen base weights in '4bit' (NF4, about a quarter of bf16's memory) or "
+                       "'8bit' through bitsandbytes (pip install 'ftnb[qlora]'); the adapters train in full precision. "
+                       "Saves memory, costs speed; for models that would not fit otherwise.", "lora",
+                       choices=("none", "4bit", "8bit"))
     # -- data --
     data: str = _f("", "Training data: a .jsonl/.json/.csv/.parquet file or a Hub dataset name. "
                    "Leave empty when passing examples from Python.", "data")
@@ -70,6 +77,9 @@ class TrainConfig:
                                   "training", choices=("auto", "sdpa", "flex_attention", "eager"))
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass: about 30% slower, much less memory.",
                                       "training")
+    compile: bool = _f(False, "torch.compile the model's layers with dynamic shapes, so packed rows of any length reuse one "
+                       "graph. Meant for GPUs, where per-step overhead holds small models back; the first step pays "
+                       "for the compile (minutes on a CPU).", "training")
     # -- forgetting --
     probe: bool = _f(True, "Measure forgetting while training: general-knowledge multiple choice, drift (KL) from the base "
                      "model, general-text perplexity and answers to general questions. One pass took 24-31 s on 2 "
@@ -153,6 +163,8 @@ class TrainConfig:
         need(0 <= self.replay_fraction < 1, "replay_fraction", f"must be in [0, 1), not {self.replay_fraction}")
         need(self.kl_beta >= 0, "kl_beta", f"must be 0 or more, not {self.kl_beta}")
         need(self.l2sp_alpha >= 0, "l2sp_alpha", f"must be 0 or more, not {self.l2sp_alpha}")
+        need(self.quantize == "none" or self.method == "lora", "quantize",
+             "quantised base weights cannot train: use method='lora' (QLoRA) or quantize='none'")
         need(self.l2sp_alpha == 0 or self.method == "full", "l2sp_alpha",
              "anchors full fine-tuning; LoRA leaves the base weights untouched already (set method='full' or 0)")
         need("/" not in self.run_name and "\\" not in self.run_name and self.run_name not in (".", ".."), "run_name",

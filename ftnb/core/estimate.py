@@ -65,6 +65,15 @@ def available_memory(device):
         return None
 
 
+def activation_bytes_per_token(mcfg, cfg, bf16):
+    """Memory one token of a forward pass keeps for the backward pass (a deliberately generous rule: 34 x hidden
+    values per layer, after Korthikanti et al. 2022), plus its share of the output layer's logits."""
+    hidden = getattr(mcfg, "hidden_size", 1024)
+    layers = getattr(mcfg, "num_hidden_layers", 12)
+    per_layer = hidden * 34 * (2 if bf16 else 4) / (4 if cfg.gradient_checkpointing else 1)
+    return layers * per_layer + getattr(mcfg, "vocab_size", 32000) * 4 / 8
+
+
 def estimate(cfg, tokens_per_epoch, device=None, measure=True):
     """{memory_gb: {weights, gradients, optimizer, activations, total}, available_gb, fits, seconds_per_epoch, ...}."""
     device = pick_device(cfg.device) if device is None else torch.device(device)
@@ -72,13 +81,14 @@ def estimate(cfg, tokens_per_epoch, device=None, measure=True):
     bf16 = device.type == "cuda" and cfg.precision != "fp32"
     w_bytes = 2 if (bf16 and cfg.method == "lora") else 4
     trainable = lora_params(linears, cfg) if cfg.method == "lora" else total
-    hidden = getattr(mcfg, "hidden_size", 1024)
-    layers = getattr(mcfg, "num_hidden_layers", 12)
+    weights = total * w_bytes
+    if cfg.quantize != "none":  # linear layers quantised (NF4 with its scales, or int8); the rest upcast to fp32
+        quantised = sum(i * o for n, (i, o) in linears.items() if not n.endswith(("lm_head", "embed_out", "output")))
+        weights = quantised * (0.53 if cfg.quantize == "4bit" else 1.02) + (total - quantised) * 4
     tokens = cfg.micro_batch_tokens or max(cfg.max_seq_len, 16384 if device.type == "cuda" else 2048)
     tokens = min(tokens, cfg.batch_size * cfg.max_seq_len)
-    act_per_token = layers * hidden * 34 * (2 if bf16 else 4) / (4 if cfg.gradient_checkpointing else 1)
-    mem = {"weights": total * w_bytes, "gradients": trainable * 4, "optimizer": trainable * 8,
-           "activations": act_per_token * tokens + tokens * getattr(mcfg, "vocab_size", 32000) * 4 / 8}
+    mem = {"weights": weights, "gradients": trainable * 4, "optimizer": trainable * 8,
+           "activations": activation_bytes_per_token(mcfg, cfg, bf16) * tokens}
     mem["total"] = sum(mem.values())
     avail = available_memory(device)
     flops_per_token = (4 if cfg.method == "lora" else 6) * total

@@ -159,18 +159,37 @@ def load_tokenizer(path, trust_remote_code=False):
 
 
 def load_model(name="default", device="cpu", dtype=torch.float32, trust_remote_code=False, allow_pickle=False,
-               attn="auto"):
-    """(model, tokenizer, resolved_path) for a model name, on `device`, in eval mode."""
+               attn="auto", quantize="none"):
+    """(model, tokenizer, resolved_path) for a model name, on `device`, in eval mode; `quantize` '4bit' or '8bit'
+    loads the linear layers quantised by bitsandbytes (their compute in `dtype`)."""
     from transformers import AutoModelForCausalLM
     path = resolve_model(name)
     check_safe_folder(path, allow_pickle)
     tok = load_tokenizer(path, trust_remote_code)
     kw = {} if attn == "auto" else {"attn_implementation": attn}
+    if quantize != "none":  # a quantised model is placed while loading and cannot be moved afterwards
+        kw.update(quantization_config=bnb_config(quantize, dtype), device_map={"": str(device)})
     with LOAD_LOCK:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
                                                      use_safetensors=not allow_pickle, **kw)
-    model.to(device).eval()
+    if quantize == "none":
+        model.to(device)
+    model.eval()
     return model, tok, path
+
+
+def bnb_config(quantize, dtype):
+    """bitsandbytes settings for QLoRA: NF4 with double quantisation (4bit) or LLM.int8 (8bit)."""
+    from transformers import BitsAndBytesConfig
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        from .errors import ConfigError
+        raise ConfigError("quantize", f"{quantize!r} needs bitsandbytes: pip install 'ftnb[qlora]'") from None
+    if quantize == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=dtype)
 
 
 def pick_device(want="auto"):
@@ -186,6 +205,11 @@ def pick_device(want="auto"):
 ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
+def decoder_layers(model):
+    """The transformer layers of a causal LM (its longest ModuleList), e.g. to compile them one by one."""
+    return max((m for m in model.modules() if isinstance(m, torch.nn.ModuleList)), key=len, default=[])
+
+
 def apply_lora(model, cfg):
     """Wrap `model` in a peft LoRA model as the config says; only the adapters train."""
     from peft import LoraConfig, get_peft_model
@@ -195,7 +219,7 @@ def apply_lora(model, cfg):
     elif targets != "all-linear":
         targets = [t.strip() for t in targets.split(",") if t.strip()]
     lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=targets, task_type="CAUSAL_LM")
+                      target_modules=targets, task_type="CAUSAL_LM", use_dora=cfg.use_dora)
     try:
         with LOAD_LOCK:
             return get_peft_model(model, lcfg)

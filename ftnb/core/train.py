@@ -29,8 +29,10 @@ from .events import EventBus, RunDirWriter
 from .forgetting import L2SP, ForgettingProbe, KLToBase, replay_examples
 from .generate import compare, generate
 from .loss import StepLoss, loss_sum, split_head
-from .models import (DEFAULT_HUB_ID, LOAD_LOCK, apply_lora, check_safe_folder, load_model, load_tokenizer,
-                     pick_device, resolve_model)
+from .models import (DEFAULT_HUB_ID, LOAD_LOCK, apply_lora, check_safe_folder, decoder_layers, load_model,
+                     load_tokenizer, pick_device, resolve_model)
+
+COMPILE_BACKEND = "inductor"  # for `compile=True`; tests use "aot_eager" (same graph capture, no code generation)
 from .rundir import RunDir, write_json, write_text
 
 
@@ -149,10 +151,17 @@ def prepare_model(cfg, device, base_model=None):
     (base frozen; stored in bf16 when training under bf16 autocast) or every weight (fp32 master weights)."""
     dtype = torch.bfloat16 if cfg.method == "lora" and use_bf16(cfg, device) else torch.float32
     if base_model is not None:
+        if cfg.quantize != "none":
+            raise ConfigError("quantize", "a model passed in memory is trained as it is: load it quantised yourself "
+                              "or let ftnb load config.model")
         (model, tok), path = base_model, "<in memory>"
         model.to(device=device, dtype=dtype)
     else:
-        model, tok, path = load_model(cfg.model, device, dtype, cfg.trust_remote_code, attn=cfg.attn_implementation)
+        model, tok, path = load_model(cfg.model, device, dtype, cfg.trust_remote_code, attn=cfg.attn_implementation,
+                                      quantize=cfg.quantize)
+    if cfg.quantize != "none":  # QLoRA: norms and embeddings in fp32, inputs that carry gradients to the adapters
+        from peft import prepare_model_for_kbit_training
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if cfg.method == "lora":
         model = apply_lora(model, cfg)
     if cfg.gradient_checkpointing:
@@ -160,7 +169,12 @@ def prepare_model(cfg, device, base_model=None):
         if cfg.method == "lora":
             model.enable_input_require_grads()
     model.config.use_cache = False
-    model.to(device).train()
+    if cfg.quantize == "none":
+        model.to(device)
+    model.train()
+    if cfg.compile:  # the transformer layers: the loss's own head and chunking stay eager
+        for layer in decoder_layers(model):
+            layer.compile(dynamic=True, backend=COMPILE_BACKEND)
     return model, tok, path
 
 
@@ -188,12 +202,22 @@ def make_scheduler(optimizer, cfg, total_steps):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def auto_micro_batch_tokens(cfg, device):
+def auto_micro_batch_tokens(cfg, device, model, free_bytes=None):
+    """Tokens per forward pass when micro_batch_tokens is 0. On CUDA: what 60% of the free device memory holds,
+    after the gradients and AdamW state still to come, at a generous activation size per token (1,024 to 65,536)."""
     if cfg.micro_batch_tokens:
         return cfg.micro_batch_tokens
     if os.environ.get("FTNB_LOW_MEMORY") == "1":  # Binder and other 1-2 GB machines
         return cfg.max_seq_len
-    return max(cfg.max_seq_len, 16384 if device.type == "cuda" else 2048)
+    if device.type != "cuda":
+        return max(cfg.max_seq_len, 2048)
+    from .estimate import activation_bytes_per_token
+    if free_bytes is None:
+        free_bytes = torch.cuda.mem_get_info(device)[0]
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    per_token = activation_bytes_per_token(model.config, cfg, use_bf16(cfg, device))
+    tokens = int(0.6 * (free_bytes - 12 * trainable) / per_token) // 1024 * 1024
+    return max(cfg.max_seq_len, min(tokens, 65536))
 
 
 def seed_everything(seed):
@@ -343,7 +367,7 @@ def _fit(run, cfg, run_dir, bus, subscribers, progress, device, model_path, resu
     plan = StepPlan(len(examples), cfg.batch_size, cfg.epochs, cfg.max_steps, cfg.seed)
     run.total_steps, run.steps_per_epoch, run.model_path = plan.total_steps, plan.steps_per_epoch, model_path
     run.emit = lambda kind, step, **data: bus.emit(kind, step, run, **data)
-    max_tokens = auto_micro_batch_tokens(cfg, device)
+    max_tokens = auto_micro_batch_tokens(cfg, device, model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(model, cfg, device)
     scheduler = make_scheduler(optimizer, cfg, plan.total_steps)
