@@ -10,6 +10,7 @@ LoRA r=16/alpha=32 on all linear layers (no dropout), AdamW, cosine schedule, 2 
 Prints one JSON line per measurement and a table at the end; `--json FILE` saves them.
 """
 import argparse
+import functools
 import gc
 import json
 import math
@@ -43,9 +44,10 @@ def make_sequences(n, vocab):
     return [torch.randint(0, vocab, (L,), generator=g).tolist() for L in lengths(n)]
 
 
-def build_model(shape, device):
+def build_model(shape, device, attn="auto"):
     from transformers import LlamaConfig, LlamaForCausalLM
-    cfg = LlamaConfig(vocab_size=49152, tie_word_embeddings=True, max_position_embeddings=2048, **SHAPES[shape])
+    kw = {} if attn == "auto" else {"attn_implementation": attn}
+    cfg = LlamaConfig(vocab_size=49152, tie_word_embeddings=True, max_position_embeddings=2048, **SHAPES[shape], **kw)
     torch.manual_seed(0)
     return LlamaForCausalLM(cfg).to(device)
 
@@ -56,17 +58,24 @@ def flops_per_token(model_cfg, n_params, method, avg_len):
     return (4 if method == "lora" else 6) * n_params + (2 if method == "lora" else 3) * attn
 
 
+def curve_gap(ours, peer, warm):
+    """Largest gap between ftnb's logged losses (each the mean over `warm` steps) and the Trainer's per-step losses
+    averaged over the same steps: the two runs see the same batches in the same order from the same weights."""
+    windows = [peer[k * warm:(k + 1) * warm] for k in range(len(ours))]
+    return max(abs(loss - sum(w) / len(w)) for loss, w in zip(ours, windows))
+
+
 def order(n_seqs, batch, steps, seed):
     from ftnb.core.batching import StepPlan
     plan = StepPlan(n_seqs, batch, epochs=1, max_steps=steps, seed=seed)
     return [plan.indices(s) for s in range(steps)]
 
 
-def run_ftnb(shape, method, seqs, batch, steps, warm, device, lr):
+def run_ftnb(shape, method, seqs, batch, steps, warm, device, lr, compile=False, attn="auto"):
     import ftnb
     from ftnb.core.batching import Tokenized
     from ftnb.core.data import ChatData, DataReport, Example
-    model = build_model(shape, device)
+    model = build_model(shape, device, attn)
     n_params = sum(p.numel() for p in model.parameters())
     data = ChatData([Example(text="x", row=i + 1) for i in range(len(seqs))], DataReport("bench"))
     data.tokenized = [Tokenized(s, [True] * len(s), i + 1) for i, s in enumerate(seqs)]
@@ -74,7 +83,7 @@ def run_ftnb(shape, method, seqs, batch, steps, warm, device, lr):
         cfg = ftnb.TrainConfig(model="bench-random", method=method, lora_r=16, lora_alpha=32, lora_dropout=0.0,
                                batch_size=batch, max_steps=steps, learning_rate=lr, warmup_steps=2, max_grad_norm=1.0,
                                log_every=warm, val_fraction=0, save_every=10 ** 9, max_seq_len=1024,
-                               output_dir=out, device=str(device), seed=0, probe=False)
+                               output_dir=out, device=str(device), seed=0, probe=False, compile=compile)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         run = ftnb.train(cfg, data, base_model=(model, _Tok()))
@@ -171,8 +180,11 @@ def main(argv=None):
                     choices=list(SHAPES))
     ap.add_argument("--methods", nargs="+", default=["lora", "full"], choices=["lora", "full"])
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=40 if cuda else 8)
+    ap.add_argument("--steps", type=int, default=50 if cuda else 8)
     ap.add_argument("--warm", type=int, default=10 if cuda else 4)
+    ap.add_argument("--compile", action="store_true", help="ftnb with compile=True (torch.compile of each layer)")
+    ap.add_argument("--attn", default="auto", choices=["auto", "sdpa", "flex_attention", "eager"],
+                    help="ftnb's attention kernel (the Trainer keeps SDPA)")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args(argv)
     assert args.steps % args.warm == 0, "--steps must be a multiple of --warm (ftnb logs every --warm steps)"
@@ -188,11 +200,11 @@ def main(argv=None):
                 continue  # the peer measured 1.7B with LoRA only
             seqs = make_sequences(args.batch * args.steps, 49152)
             lr = 2e-4 if method == "lora" else 2e-5
-            for fn in (run_trainer, run_ftnb):
+            for fn in (run_trainer, functools.partial(run_ftnb, compile=args.compile, attn=args.attn)):
                 try:
                     r = fn(shape, method, seqs, args.batch, args.steps, args.warm, device, lr)
                 except torch.OutOfMemoryError:
-                    r = dict(impl=fn.__name__[4:], error="out of memory")
+                    r = dict(impl="trainer" if fn is run_trainer else "ftnb", error="out of memory")
                 gc.collect()
                 if cuda:
                     torch.cuda.empty_cache()
@@ -203,11 +215,13 @@ def main(argv=None):
                     mc = LlamaConfig(vocab_size=49152, **SHAPES[shape])
                     avg = sum(map(len, seqs)) / len(seqs)
                     r["mfu"] = r["tok_s"] * flops_per_token(mc, r["n_params"], method, avg) / PEAK_FLOPS[device.type]
+                if r["impl"] == "ftnb" and "losses" in r and "losses" in results[-1]:
+                    r["curve_gap"] = curve_gap(r["losses"], results[-1]["losses"], args.warm)
                 print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()
                                   if k != "losses"}), flush=True)
                 results.append(r)
     print(f"\n{'shape':<14}{'method':<7}{'impl':<9}{'real tok/s':>11}{'peak GB':>9}{'MFU':>7}{'pad':>6}"
-          f"{'final loss':>11}{'speed-up':>9}")
+          f"{'final loss':>11}{'curve gap':>10}{'speed-up':>9}")
     for r in results:
         peer = next((x for x in results if x["shape"] == r["shape"] and x["method"] == r["method"]
                      and x["impl"] == "trainer" and "tok_s" in x), None)
@@ -217,8 +231,10 @@ def main(argv=None):
         up = r["tok_s"] / peer["tok_s"] if peer else float("nan")
         f = lambda v, s: "-" if v is None else format(v, s)  # noqa: E731
         print(f"{r['shape']:<14}{r['method']:<7}{r['impl']:<9}{r['tok_s']:>11,.0f}{f(r['peak_gb'], '.1f'):>9}"
-              f"{f(r.get('mfu'), '.1%'):>7}{f(r.get('pad_share'), '.0%'):>6}{r['loss']:>11.3f}{up:>8.2f}x")
-    print(f"({machine}, {time.strftime('%Y-%m-%d')}; loss curves: see --json)")
+              f"{f(r.get('mfu'), '.1%'):>7}{f(r.get('pad_share'), '.0%'):>6}{r['loss']:>11.3f}"
+              f"{f(r.get('curve_gap'), '.4f'):>10}{up:>8.2f}x")
+    print(f"({machine}, {time.strftime('%Y-%m-%d')}; curve gap: the largest difference between ftnb's loss and the "
+          f"Trainer's over each {args.warm}-step window; loss curves: see --json)")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=1)

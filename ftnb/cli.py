@@ -125,6 +125,14 @@ def cmd_demo(args):
         sys.exit(1)
 
 
+SEVERAL_PROCESSES = """several GPUs: one process per GPU, data parallel (DDP through accelerate); batch_size counts the
+examples of a step over all processes, and process 0 alone writes the run directory:
+  accelerate launch --multi_gpu --num_processes 4 -m ftnb.cli train --data faq.jsonl ...
+  accelerate launch --config_file docs/accelerate-ddp.yaml -m ftnb.cli train ...
+  torchrun --nproc_per_node 4 -m ftnb.cli train ...        (or: ... -m ftnb.cli resume RUN)
+"""
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="ftnb", description="Fine-tune chat models and measure what they forget.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -138,13 +146,15 @@ def main(argv=None):
                         "figure (about 15 minutes on 2 CPU cores)")
     p.set_defaults(fn=cmd_demo)
 
-    p = sub.add_parser("train", help="fine-tune on a data file", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser("train", help="fine-tune on a data file", epilog=SEVERAL_PROCESSES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)  # flags' help carries the defaults
     p.add_argument("--config", help="a JSON config file (flags override it)")
     p.add_argument("--preset", choices=list(PRESETS), help="start from a preset")
     _add_config_flags(p)
     p.set_defaults(fn=cmd_train)
 
-    p = sub.add_parser("resume", help="continue a stopped or interrupted run from its last checkpoint")
+    p = sub.add_parser("resume", help="continue a stopped or interrupted run from its last checkpoint",
+                       epilog=SEVERAL_PROCESSES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run")
     p.set_defaults(fn=cmd_resume)
 

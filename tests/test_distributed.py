@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,8 @@ from safetensors.torch import load_file
 
 import ftnb
 from ftnb.core.rundir import RunDir
+
+REPO = Path(__file__).resolve().parents[1]
 
 LAUNCHED = """
 import json, sys, ftnb
@@ -23,13 +26,17 @@ else:
 """
 
 
-def launch(job, tmp_path, processes=2):
-    """torchrun: `processes` processes on CPU (gloo), each running ftnb.train (or resume) as `job` says."""
+def launch(job, tmp_path, launcher="torchrun"):
+    """Two processes on CPU (gloo), each running ftnb.train (or resume) as `job` says; started by torchrun or by
+    `accelerate launch` with the DDP config file the docs give."""
     script = tmp_path / "launched.py"
     script.write_text(LAUNCHED)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-                           str(script), json.dumps(job)], env=env, capture_output=True, text=True, timeout=300)
+    start = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+             if launcher == "torchrun" else
+             [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "docs/accelerate-ddp.yaml"),
+              "--main_process_port", "0"])
+    proc = subprocess.run(start + [str(script), json.dumps(job)], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
@@ -71,7 +78,7 @@ def test_two_processes_stop_and_resume_like_one_process_straight(job, tiny_path,
     two = tmp_path / "runs" / "two"
     launch({**job, "run_name": "two", "stop_at": 2}, tmp_path)
     assert RunDir(two).status()["state"] == "stopped" and RunDir(two).status()["step"] == 2
-    launch({"resume": str(two)}, tmp_path)
+    launch({"resume": str(two)}, tmp_path, launcher="accelerate")
 
     assert RunDir(two).status()["state"] == "finished"
     assert_same_curves(one.run_dir.path, two)

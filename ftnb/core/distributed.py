@@ -90,18 +90,20 @@ class Processes:
         return box[0]
 
     def main_first(self, fn):
-        """Run fn() on process 0 only and let the others wait for it; an error there is raised everywhere."""
-        error = None
+        """Run fn() on process 0 only while the others wait, and return its (small) result on every process; an
+        error there is raised everywhere."""
+        result = error = None
         if self.main:
             try:
-                fn()
+                result = fn()
             except BaseException as e:
                 error = e
-        message = self.broadcast(None if error is None else f"{type(error).__name__}: {error}")
+        result, message = self.broadcast((result, None if error is None else f"{type(error).__name__}: {error}"))
         if error is not None:
             raise error
         if message is not None:
             raise RunError(f"process 0 failed: {message}")
+        return result
 
     def barrier(self):
         if self.accelerator:

@@ -31,9 +31,9 @@ from .generate import compare, generate
 from .loss import StepLoss, loss_sum, split_head
 from .models import (DEFAULT_HUB_ID, LOAD_LOCK, apply_lora, check_safe_folder, decoder_layers, load_model,
                      load_tokenizer, pick_device, resolve_model)
+from .rundir import RunDir, write_json, write_text
 
 COMPILE_BACKEND = "inductor"  # for `compile=True`; tests use "aot_eager" (same graph capture, no code generation)
-from .rundir import RunDir, write_json, write_text
 
 
 class Run:
@@ -265,7 +265,7 @@ def train(config=None, data=None, *, val_data=None, subscribers=(), stop_event=N
     """
     cfg = (config or TrainConfig()).replace(**overrides) if overrides else (config or TrainConfig())
     procs = Processes(cfg)
-    run_dir = RunDir(procs.broadcast(str(new_run_dir(cfg).path) if procs.main else None))
+    run_dir = RunDir(procs.main_first(lambda: str(new_run_dir(cfg).path)))
     return _run(cfg, run_dir, data, val_data, subscribers, stop_event, progress, resume_from=None, base_model=base_model,
                 procs=procs)
 
@@ -302,8 +302,7 @@ def _run(cfg, run_dir, data, val_data, subscribers, stop_event, progress, resume
     created = not run_dir.path.exists()
     run = None
     bus = EventBus([RunDirWriter(run_dir)] if procs.main else [])  # process 0 alone writes the run directory
-    if procs.main:
-        run_dir.acquire_lock()
+    procs.main_first(run_dir.acquire_lock)  # before the try: a refused lock leaves the other run's files alone
     try:
         sets = [data, val_data]
 
