@@ -47,3 +47,26 @@ def test_packed_equals_unpacked_under_bf16(tiny_path):
         packed = loss_sum(model, pack(exs).to(dev))
         unpacked = sum(loss_sum(model, pack([e]).to(dev)) for e in exs)
     assert float(packed) == pytest.approx(float(unpacked), rel=1e-2)
+
+
+def test_qlora_on_cuda_trains_bf16_adapters_over_a_4bit_base(tiny_cfg, qa_data):
+    pytest.importorskip("bitsandbytes")
+    run = ftnb.train(tiny_cfg, qa_data, device="cuda", quantize="4bit", probe=False, epochs=4)
+    layer = run.model.get_base_model().model.layers[0].self_attn.q_proj.base_layer
+    assert type(layer).__name__ == "Linear4bit" and layer.weight.device.type == "cuda"
+    assert losses(run)[-1] < losses(run)[0]
+
+
+def test_compiled_layers_on_cuda_give_the_eager_losses(tiny_cfg, qa_data):
+    cfg = tiny_cfg.replace(device="cuda", probe=False, max_steps=6, lora_dropout=0.0, val_fraction=0)
+    eager = ftnb.train(cfg, qa_data, run_name="eager")
+    torch._dynamo.reset()
+    compiled = ftnb.train(cfg, qa_data, run_name="compiled", compile=True)  # inductor
+    assert losses(compiled) == pytest.approx(losses(eager), rel=2e-2)  # bf16: kernels differ in rounding
+
+
+def test_tokens_per_pass_are_sized_from_the_free_memory(tiny_cfg, qa_data):
+    import json
+    run = ftnb.train(tiny_cfg, qa_data, device="cuda", probe=False, max_steps=2)
+    chosen = json.loads((run.run_dir.path / "meta.json").read_text())["micro_batch_tokens"]
+    assert tiny_cfg.max_seq_len <= chosen <= 65536 and chosen % 1024 == 0
