@@ -90,10 +90,15 @@ def run_ftnb(shape, method, seqs, batch, steps, warm, device, lr, compile=False,
         logs = [m for m in run.metrics() if "loss" in m]
         peak = torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None
     a, b = next(m for m in logs if m["step"] == warm), logs[-1]
-    tok_s = (b["tokens"] - a["tokens"]) / (b["train_s"] - a["train_s"])
+    tok_s = tokens_per_s(a, b)
     del run, model
     return dict(impl="ftnb", tok_s=tok_s, peak_gb=peak, loss=b["loss"], losses=[m["loss"] for m in logs],
                 n_params=n_params, seconds=b["train_s"] - a["train_s"])
+
+
+def tokens_per_s(first, last):
+    """Real tokens per second of training between two logged rows of metrics.jsonl."""
+    return (last["tokens"] - first["tokens"]) / (last["train_s"] - first["train_s"])
 
 
 class _Tok:
