@@ -65,9 +65,9 @@ class Processes:
         return items[self.rank::self.world]
 
     def sum(self, tensor):
-        """The sum of `tensor` over processes (a copy)."""
-        tensor = tensor.clone()
+        """The sum of `tensor` over processes (a new tensor; with one process, `tensor` itself)."""
         if self.accelerator:
+            tensor = tensor.clone()
             torch.distributed.all_reduce(tensor)
         return tensor
 

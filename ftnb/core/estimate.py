@@ -13,6 +13,7 @@ import torch
 from .models import ATTENTION_TARGETS, LOAD_LOCK, pick_device, resolve_model
 
 LOOP_EFFICIENCY = {"cpu": 0.45, "cuda": 0.25, "mps": 0.25}  # achieved FLOP/s of training / matmul FLOP/s
+OUTPUT_LAYERS = ("lm_head", "embed_out", "output")  # names of the output layer: neither adapted nor quantised
 
 
 @functools.lru_cache(maxsize=8)
@@ -30,7 +31,7 @@ def model_shape(name):
 
 def lora_params(linears, cfg):
     targets = cfg.lora_targets.strip()
-    out_layer = {n for n in linears if n.endswith(("lm_head", "embed_out", "output"))}
+    out_layer = {n for n in linears if n.endswith(OUTPUT_LAYERS)}
     if targets == "all-linear":
         chosen = [n for n in linears if n not in out_layer]
     else:
@@ -83,7 +84,7 @@ def estimate(cfg, tokens_per_epoch, device=None, measure=True):
     trainable = lora_params(linears, cfg) if cfg.method == "lora" else total
     weights = total * w_bytes
     if cfg.quantize != "none":  # linear layers quantised (NF4 with its scales, or int8); the rest upcast to fp32
-        quantised = sum(i * o for n, (i, o) in linears.items() if not n.endswith(("lm_head", "embed_out", "output")))
+        quantised = sum(i * o for n, (i, o) in linears.items() if not n.endswith(OUTPUT_LAYERS))
         weights = quantised * (0.53 if cfg.quantize == "4bit" else 1.02) + (total - quantised) * 4
     tokens = cfg.micro_batch_tokens or max(cfg.max_seq_len, 16384 if device.type == "cuda" else 2048)
     tokens = min(tokens, cfg.batch_size * cfg.max_seq_len)

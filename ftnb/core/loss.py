@@ -54,9 +54,9 @@ class StepLoss(torch.nn.Module):
     """`loss_sum` as a module's forward, so that DDP (which exchanges gradients through the forward of the module
     it wraps) can wrap the loss rather than the model's logits path."""
 
-    def __init__(self, model, parts=None):
+    def __init__(self, model, parts):
         super().__init__()
-        self.model, self.parts = model, parts if parts is not None else split_head(model)
+        self.model, self.parts = model, parts  # parts: split_head(model)
 
     def forward(self, batch):
         return loss_sum(self.model, batch, self.parts)

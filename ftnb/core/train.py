@@ -234,9 +234,8 @@ def autocast(cfg, device):
 
 
 @torch.no_grad()
-def evaluate(model, examples, max_tokens, cfg, device, parts=None, procs=None):
+def evaluate(model, examples, max_tokens, cfg, device, parts, procs):
     """Mean loss per target token over `examples` (dropout off); several processes each take a share."""
-    procs = procs or Processes()
     was = model.training
     model.eval()
     total, targets = 0.0, 0
@@ -266,8 +265,8 @@ def train(config=None, data=None, *, val_data=None, subscribers=(), stop_event=N
     cfg = (config or TrainConfig()).replace(**overrides) if overrides else (config or TrainConfig())
     procs = Processes(cfg)
     run_dir = RunDir(procs.main_first(lambda: str(new_run_dir(cfg).path)))
-    return _run(cfg, run_dir, data, val_data, subscribers, stop_event, progress, resume_from=None, base_model=base_model,
-                procs=procs)
+    return _run(cfg, run_dir, data, val_data, subscribers, stop_event, progress, resume_from=None, procs=procs,
+                base_model=base_model)
 
 
 def resume(run_dir, *, subscribers=(), stop_event=None, progress=False, checkpoint=None, **overrides):
@@ -297,8 +296,7 @@ def _saved_examples(path):
     return load_examples(path, "auto")
 
 
-def _run(cfg, run_dir, data, val_data, subscribers, stop_event, progress, resume_from, base_model=None, procs=None):
-    procs = procs or Processes()
+def _run(cfg, run_dir, data, val_data, subscribers, stop_event, progress, resume_from, procs, base_model=None):
     created = not run_dir.path.exists()
     run = None
     bus = EventBus([RunDirWriter(run_dir)] if procs.main else [])  # process 0 alone writes the run directory
@@ -311,7 +309,7 @@ def _run(cfg, run_dir, data, val_data, subscribers, stop_event, progress, resume
             run_dir.clean_partial()
             if resume_from is None:
                 sets[:] = prepare_data(cfg, data, val_data, run_dir)
-            if base_model is None:
+            if base_model is None and procs.world > 1:  # one process alone: prepare_model resolves it just below
                 resolve_model(cfg.model)
         procs.main_first(first)
         train_set, val_set = sets if procs.main or resume_from is not None else _saved_data(run_dir)
