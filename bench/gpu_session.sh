@@ -6,7 +6,8 @@
 #     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
 #     datasets gguf bitsandbytes dill multiprocess xxhash   (plus whatever `pip show` there says is missing)
 # Then: run(command="bash bench/gpu_session.sh [tests|bench|variants]", carry=[".whl"], timeout_s=540).
-#   tests     the CUDA tests (bf16, resume, packing, QLoRA, compile with inductor, tokens per pass): about 2 minutes
+#   tests     the CUDA tests (bf16, resume, packing, QLoRA, compile with inductor, tokens per pass, flex attention):
+#             about 2 minutes
 #   bench     ftnb against the HF Trainer + peft, SmolLM2-135M and -1.7B shapes, 50 steps each: about 5 minutes
 #   variants  the same for LoRA with --compile and with --attn flex_attention
 set -o pipefail

@@ -70,3 +70,12 @@ def test_tokens_per_pass_are_sized_from_the_free_memory(tiny_cfg, qa_data):
     run = ftnb.train(tiny_cfg, qa_data, device="cuda", probe=False, max_steps=2)
     chosen = json.loads((run.run_dir.path / "meta.json").read_text())["micro_batch_tokens"]
     assert tiny_cfg.max_seq_len <= chosen <= 65536 and chosen % 1024 == 0
+
+
+def test_flex_attention_on_cuda_gives_the_sdpa_losses(tiny_cfg, qa_data):
+    cfg = tiny_cfg.replace(device="cuda", max_steps=6, lora_dropout=0.0, val_fraction=0.2)
+    sdpa = ftnb.train(cfg, qa_data, run_name="sdpa")
+    flex = ftnb.train(cfg, qa_data, run_name="flex", attn_implementation="flex_attention")  # with the probe's rows
+    assert flex.model.config._attn_implementation == "flex_attention"
+    assert losses(flex) == pytest.approx(losses(sdpa), rel=2e-2)  # bf16: kernels differ in rounding
+    assert flex.run_dir.status()["state"] == "finished"

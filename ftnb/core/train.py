@@ -149,6 +149,9 @@ def write_data_summary(run_dir, train_set, val_set):
 def prepare_model(cfg, device, base_model=None):
     """Load the base model (or take `base_model`, a (model, tokenizer) pair) and make it trainable: LoRA adapters
     (base frozen; stored in bf16 when training under bf16 autocast) or every weight (fp32 master weights)."""
+    if cfg.attn_implementation == "flex_attention" and device.type != "cuda":
+        raise ConfigError("attn_implementation", f"flex_attention trains on CUDA only (PyTorch has no backward pass for "
+                          f"it on {device.type}); use 'auto' here, where packed examples are kept apart by a mask")
     dtype = torch.bfloat16 if cfg.method == "lora" and use_bf16(cfg, device) else torch.float32
     if base_model is not None:
         if cfg.quantize != "none":
@@ -473,12 +476,12 @@ def _fit(run, cfg, run_dir, bus, subscribers, progress, device, model_path, resu
             run_targets, run_steps, log_tokens, log_train_s = 0, 0, 0, 0.0
         else:
             log_train_s += time.perf_counter() - t0
+        if val_examples and run.schedule(step, "eval"):
+            validate(step)  # also when stopping now: the step's point on the validation curve is kept
         # several processes agree on stopping where they synchronise anyway: at logged steps
         if not end and (logged or procs.world == 1) and procs.any(
                 procs.main and (run.stop_event.is_set() or run_dir.stop_requested())):
             break
-        if val_examples and run.schedule(step, "eval"):
-            validate(step)
         if run.schedule(step, "save") and procs.main:
             save(step)
     # cleanup: a stopped run keeps a checkpoint to resume from; a finished one writes its weights
