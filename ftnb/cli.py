@@ -125,10 +125,12 @@ def cmd_demo(args):
         sys.exit(1)
 
 
-SEVERAL_PROCESSES = """several GPUs: one process per GPU, data parallel (DDP through accelerate); batch_size counts the
-examples of a step over all processes, and process 0 alone writes the run directory:
+SEVERAL_PROCESSES = """several GPUs: one process per GPU, data parallel (DDP through accelerate) or with the layers sharded
+over the GPUs (FSDP); batch_size counts the examples of a step over all processes, and process 0 alone writes the run
+directory:
   accelerate launch --multi_gpu --num_processes 4 -m ftnb.cli train --data faq.jsonl ...
   accelerate launch --config_file docs/accelerate-ddp.yaml -m ftnb.cli train ...
+  accelerate launch --config_file docs/accelerate-fsdp.yaml -m ftnb.cli train ...    (sharded)
   torchrun --nproc_per_node 4 -m ftnb.cli train ...        (or: ... -m ftnb.cli resume RUN)
 """
 

@@ -11,13 +11,16 @@ import torch
 from .errors import RunError
 
 
-def save_weights(model, tokenizer, out, base_name=None):
-    """The trained weights as a standard folder: a peft adapter (LoRA) or a transformers model (full)."""
+def save_weights(model, tokenizer, out, base_name=None, state_dict=None):
+    """The trained weights as a standard folder: a peft adapter (LoRA) or a transformers model (full).
+    `state_dict`: the weights gathered from a sharded (FSDP) model, instead of the model's own."""
     if base_name and hasattr(model, "peft_config"):
         for pc in model.peft_config.values():
             pc.base_model_name_or_path = base_name
     # save_embedding_layers=False: LoRA never trains embeddings here, and "auto" would look the base model up online
     kw = {"save_embedding_layers": False} if hasattr(model, "peft_config") else {}
+    if state_dict is not None:
+        kw["state_dict"] = state_dict
     model.save_pretrained(out, safe_serialization=True, **kw)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
@@ -48,12 +51,14 @@ def atomic_dir(final, write):
     return final
 
 
-def save_checkpoint(folder, model, optimizer, scheduler, state):
+def save_checkpoint(folder, model, optimizer, scheduler, state, whole=None):
     """weights + optimizer.pt + scheduler.pt + rng.pt + trainer_state.json (written last: its presence marks a
-    complete checkpoint)."""
+    complete checkpoint). `whole`: (weights, optimizer state) gathered from FSDP's shards, saved in the same layout."""
+    weights, optim = whole or (None, optimizer.state_dict())
+
     def write(tmp):
-        save_weights(model, None, tmp / ("adapter" if hasattr(model, "peft_config") else "model"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        save_weights(model, None, tmp / ("adapter" if hasattr(model, "peft_config") else "model"), state_dict=weights)
+        torch.save(optim, tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
         if torch.cuda.is_available():
@@ -63,8 +68,8 @@ def save_checkpoint(folder, model, optimizer, scheduler, state):
     return atomic_dir(folder, write)
 
 
-def load_checkpoint(folder, model, optimizer, scheduler):
-    """Restore weights, optimizer, scheduler and RNG streams; return the trainer state dict."""
+def load_weights(folder, model):
+    """Restore a checkpoint's trained weights (before the model is sharded, if it will be)."""
     from safetensors.torch import load_file
     folder = Path(folder)
     device = next(model.parameters()).device
@@ -78,8 +83,14 @@ def load_checkpoint(folder, model, optimizer, scheduler):
         missing, unexpected = model.load_state_dict(sd, strict=False)
         if unexpected or [m for m in missing if "lm_head" not in m]:
             raise RunError(f"checkpoint {folder} does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def load_state(folder, scheduler, load_optimizer):
+    """Restore the optimizer (through `load_optimizer(saved)`, which moves the state to the parameters' device),
+    scheduler and RNG streams; return the trainer state."""
+    folder = Path(folder)
     # weights_only: a checkpoint from someone else cannot run code when loaded
-    optimizer.load_state_dict(_safe_load(folder / "optimizer.pt", device))
+    load_optimizer(_safe_load(folder / "optimizer.pt"))
     scheduler.load_state_dict(_safe_load(folder / "scheduler.pt"))
     rng = _safe_load(folder / "rng.pt")
     torch.set_rng_state(rng["torch"])

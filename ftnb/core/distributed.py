@@ -8,6 +8,13 @@ Each optimizer step's examples are dealt out round-robin over the processes. Eve
 gradient equals one process's gradient on the same global batch. Gradients are exchanged once per step (the step's
 other micro-batches run under `no_sync`). Process 0 owns the run directory: it writes the data snapshot, config,
 metrics, checkpoints and the probe; the others train, join the collectives and write nothing.
+
+With an FSDP config (`accelerate launch --config_file docs/accelerate-fsdp.yaml`), each decoder layer is sharded over
+the processes (PyTorch's `fully_shard`): its weights, gradients and optimizer state live in pieces and each forward
+gathers the layer whole for a moment. The embeddings, final norm and output layer stay whole on every process and their
+gradients are averaged after the backward. Every process then runs as many forward passes as the busiest one (idle
+ones repeat a pass with weight 0), since each pass gathers every layer from all processes. Checkpoints gather the
+trained weights and optimizer state to process 0 and are saved in the same layout as a single process's.
 """
 import contextlib
 import datetime
@@ -15,12 +22,32 @@ import os
 
 import torch
 
+from .batching import micro_batches
 from .errors import ConfigError, RunError
 
 
 def launched():
     """True in a process started by `accelerate launch` / `torchrun` with more than one process."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _fsdp_settings():
+    """(shard?, reshard after forward?) from the environment `accelerate launch` sets for an FSDP config (also
+    settable by hand under torchrun: ACCELERATE_USE_FSDP=true)."""
+    env = lambda name, default="": os.environ.get(name, default).strip().lower()  # noqa: E731
+    if env("ACCELERATE_USE_FSDP", "false") not in ("true", "1"):
+        return False, True
+    for name, fix in (("FSDP_OFFLOAD_PARAMS", "quantize='4bit' (LoRA) or more processes"),
+                      ("FSDP_ACTIVATION_CHECKPOINTING", "ftnb's gradient_checkpointing=True")):
+        if env(name, "false") in ("true", "1"):
+            raise ConfigError("device", f"the FSDP setting {name.lower()[5:]} is not supported by ftnb: use {fix}")
+    strategy = env("FSDP_RESHARD_AFTER_FORWARD") or env("FSDP_SHARDING_STRATEGY", "full_shard")
+    if strategy in ("true", "1", "full_shard"):
+        return True, True
+    if strategy in ("false", "0", "shard_grad_op"):
+        return True, False
+    raise ConfigError("device", f"FSDP sharding strategy {strategy!r} is not supported: use FULL_SHARD or "
+                      "SHARD_GRAD_OP, or the DDP config (docs/accelerate-ddp.yaml) for no sharding")
 
 
 class Processes:
@@ -30,6 +57,8 @@ class Processes:
     def __init__(self, cfg=None):
         self.accelerator = None
         self.rank, self.world = 0, 1
+        self.sharded, self.reshard = False, True  # FSDP; gather layers anew for the backward (FULL_SHARD)
+        self.units, self.whole = [], []  # FSDP: the sharded layers; trained parameters kept whole on every process
         if not launched():
             return
         from accelerate import Accelerator, DistributedType
@@ -37,10 +66,15 @@ class Processes:
         # a probe pass or a checkpoint on process 0 keeps the others waiting at the next collective
         wait = InitProcessGroupKwargs(timeout=datetime.timedelta(minutes=60))
         self.accelerator = acc = Accelerator(cpu=cfg is not None and cfg.device == "cpu", kwargs_handlers=[wait])
-        if acc.distributed_type not in (DistributedType.MULTI_GPU, DistributedType.MULTI_CPU, DistributedType.NO):
-            raise ConfigError("device", f"ftnb runs data parallel (DDP) over processes; {acc.distributed_type.value} "
-                              "from the accelerate config is not supported: use a DDP (multi-GPU) config")
+        if acc.distributed_type not in (DistributedType.MULTI_GPU, DistributedType.MULTI_CPU, DistributedType.NO,
+                                        DistributedType.FSDP):
+            raise ConfigError("device", f"ftnb runs data parallel (DDP) or sharded (FSDP) over processes; "
+                              f"{acc.distributed_type.value} from the accelerate config is not supported")
         self.rank, self.world = acc.process_index, acc.num_processes
+        self.sharded, self.reshard = _fsdp_settings()
+        if self.sharded and cfg is not None and cfg.quantize != "none":
+            raise ConfigError("quantize", "a quantised base (QLoRA) is not sharded: launch with the DDP config "
+                              "(docs/accelerate-ddp.yaml); each GPU then holds the 4-bit base")
 
     @property
     def main(self):
@@ -50,19 +84,120 @@ class Processes:
     def device(self):
         return self.accelerator.device if self.accelerator else None
 
-    def wrap(self, module):
-        """The module whose forward computes the loss, wrapped for gradient exchange (DDP) when several processes."""
-        return self.accelerator.prepare_model(module) if self.accelerator else module
+    def wrap(self, module, layers, bf16):
+        """The module whose forward computes the loss, ready for several processes: wrapped for gradient exchange
+        (DDP), or left as it is with its decoder `layers` sharded (FSDP; their parameters become shards, so the
+        optimizer is made after this). `bf16`: FSDP gathers the layers in bf16 and averages gradients in fp32."""
+        if not self.sharded:
+            return self.accelerator.prepare_model(module) if self.accelerator else module
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        from torch.distributed.tensor import DTensor
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None, reduce_dtype=torch.float32)
+        for layer in layers:
+            fully_shard(layer, reshard_after_forward=self.reshard, mp_policy=policy)
+        self.units = list(layers)
+        self.whole = [p for p in module.parameters() if p.requires_grad and not isinstance(p, DTensor)]
+        return module
 
+    @contextlib.contextmanager
     def sync(self, module, now):
         """Context for one micro-batch's forward and backward: gradients are exchanged only when `now`."""
-        if self.accelerator is None or now:
-            return contextlib.nullcontext()
-        return module.no_sync()
+        if self.sharded:
+            for unit in self.units:
+                unit.set_requires_gradient_sync(now)
+            yield
+        elif self.accelerator is None or now:
+            yield
+        else:
+            with module.no_sync():
+                yield
+
+    def average_whole_grads(self):
+        """FSDP, after a step's last backward: average the gradients of the parameters every process keeps whole
+        (DDP and a single process have nothing to do here)."""
+        for p in self.whole:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            torch.distributed.all_reduce(p.grad)
+            p.grad.div_(self.world)
+
+    def clip_grad_norm(self, params, max_norm):
+        """torch's clip_grad_norm_, also over FSDP's shards (the norm of the whole gradient, on every process)."""
+        if not self.sharded:
+            return torch.nn.utils.clip_grad_norm_(params, max_norm)
+        from torch.distributed.tensor import DTensor
+        grads = [p.grad for p in params if p.grad is not None]
+        shards = [g.to_local() for g in grads if isinstance(g, DTensor)]
+        whole = [g for g in grads if not isinstance(g, DTensor)]
+        squares = torch.zeros(2, device=self.device)
+        for i, part in enumerate((shards, whole)):
+            if part:
+                squares[i] = torch.nn.utils.get_total_norm(part) ** 2
+        torch.distributed.all_reduce(squares[:1])  # the shards' squares add up over processes
+        total = squares.sum().sqrt()
+        torch._foreach_mul_(shards + whole, (max_norm / (total + 1e-6)).clamp(max=1.0))
+        return total
 
     def share(self, items):
         """This process's part of a step's examples (round-robin)."""
         return items[self.rank::self.world]
+
+    def passes(self, items, max_tokens, join=True):
+        """This process's share of `items` packed into forward passes of at most `max_tokens`, as (examples,
+        weight) pairs. A pass of weight 0 only joins the others' collectives: with FSDP every process runs as many
+        passes as the busiest one (each pass gathers every layer); with DDP (`join`: training) a process with
+        nothing to do runs one, to join the gradient exchange."""
+        mine = micro_batches(self.share(items), max_tokens)
+        if self.sharded:
+            n = max(len(micro_batches(items[r::self.world], max_tokens)) for r in range(self.world))
+        else:
+            n = max(len(mine), int(join and self.accelerator is not None))
+        filler = micro_batches(items[:1], max_tokens)[:1] * (n - len(mine))
+        return [(g, 1.0) for g in mine] + [(g, 0.0) for g in filler]
+
+    @contextlib.contextmanager
+    def gathered(self, when=True):
+        """FSDP: process 0's own passes (probe, sample answers) run on whole layers, gathered there for the
+        duration (every process must enter; the others drop their copy at once). A no-op otherwise."""
+        if not (self.sharded and when):
+            yield
+            return
+        for unit in self.units:
+            unit.set_reshard_after_forward(False)
+            unit.unshard()
+            if not self.main:
+                unit.reshard()
+        try:
+            yield
+        finally:
+            for unit in self.units:
+                unit.reshard()
+                unit.set_reshard_after_forward(self.reshard)
+
+    def whole_state(self, model, optimizer):
+        """FSDP: the trained weights (by name) and the optimizer state (in torch's own layout, as a single process
+        saves it), gathered whole on process 0; every process must call this. None without FSDP."""
+        if not self.sharded:
+            return None
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                             get_optimizer_state_dict)
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+        weights = get_model_state_dict(model, options=opts)
+        by_name = get_optimizer_state_dict(model, optimizer, options=opts)
+        index = {name: i for i, name in enumerate(_param_names(model, optimizer))}
+        return weights, {"state": {index[n]: v for n, v in by_name.get("state", {}).items()},
+                         "param_groups": [{**g, "params": [index[n] for n in g["params"]]}
+                                          for g in by_name.get("param_groups", [])]}
+
+    def load_optimizer(self, model, optimizer, saved):
+        """Restore an optimizer state saved in torch's own layout, into shards with FSDP."""
+        if not self.sharded:
+            return optimizer.load_state_dict(saved)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        names = _param_names(model, optimizer)
+        by_name = {"state": {names[i]: v for i, v in saved["state"].items()},
+                   "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in saved["param_groups"]]}
+        set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
 
     def sum(self, tensor):
         """The sum of `tensor` over processes (a new tensor; with one process, `tensor` itself)."""
@@ -108,3 +243,9 @@ class Processes:
     def barrier(self):
         if self.accelerator:
             self.accelerator.wait_for_everyone()
+
+
+def _param_names(model, optimizer):
+    """The names of the optimizer's parameters, in the order torch numbers them in its state dict."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]

@@ -212,8 +212,25 @@ class L2SP:
 
     def __init__(self, cfg, model):
         self.alpha = cfg.l2sp_alpha
-        self.anchor = [(p, p.detach().clone()) for p in model.parameters() if p.requires_grad]
+        self.anchor = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        self.pairs = None
 
     def __call__(self, model, step):
-        return 0.5 * self.alpha * sum(((p - p0) ** 2).sum() for p, p0 in self.anchor)
+        if self.pairs is None:  # paired at the first call: FSDP replaces the parameters by shards after __init__
+            self.pairs = [(p, _shard_like(self.anchor.pop(n), p)) for n, p in model.named_parameters()
+                          if p.requires_grad]
+        squares = [((p - p0) ** 2).sum() for p, p0 in self.pairs]
+        total = sum(x for x in squares if not hasattr(x, "full_tensor"))
+        shards = [x for x in squares if hasattr(x, "full_tensor")]  # FSDP: summed here, then over processes
+        if shards:
+            total = total + sum(shards[1:], shards[0]).full_tensor()
+        return 0.5 * self.alpha * total
+
+
+def _shard_like(tensor, param):
+    """`tensor` cut into the same pieces as `param` when that is an FSDP shard (a DTensor)."""
+    if not hasattr(param, "device_mesh"):
+        return tensor
+    from torch.distributed.tensor import distribute_tensor
+    return distribute_tensor(tensor, param.device_mesh, param.placements)
 

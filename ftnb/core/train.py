@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
-from .batching import StepPlan, micro_batches, pack, tokenize_data
+from .batching import StepPlan, pack, tokenize_data
 from .config import TrainConfig
 from .data import ChatData, DataReport, load_examples
 from .distributed import Processes
@@ -181,13 +181,13 @@ def prepare_model(cfg, device, base_model=None):
     return model, tok, path
 
 
-def make_optimizer(model, cfg, device):
+def make_optimizer(model, cfg, device, fused=True):
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.999), fused=device.type == "cuda")
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.999), fused=fused and device.type == "cuda")
 
 
 def make_scheduler(optimizer, cfg, total_steps):
@@ -243,11 +243,13 @@ def evaluate(model, examples, max_tokens, cfg, device, parts, procs):
     model.eval()
     total, targets = 0.0, 0
     try:
-        for group in micro_batches(procs.share(examples), max_tokens):
+        for group, weight in procs.passes(examples, max_tokens, join=False):
             batch = pack(group).to(device)
             with autocast(cfg, device):
-                total += loss_sum(model, batch, parts).item()
-            targets += batch.n_targets
+                loss = loss_sum(model, batch, parts)
+            if weight:
+                total += loss.item()
+                targets += batch.n_targets
     finally:
         model.train(was)
     total, targets = procs.total(total, targets)
@@ -368,19 +370,22 @@ def _fit(run, cfg, run_dir, bus, subscribers, progress, device, model_path, resu
     run.total_steps, run.steps_per_epoch, run.model_path = plan.total_steps, plan.steps_per_epoch, model_path
     run.emit = lambda kind, step, **data: bus.emit(kind, step, run, **data)
     max_tokens = auto_micro_batch_tokens(cfg, device, model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(model, cfg, device)
-    scheduler = make_scheduler(optimizer, cfg, plan.total_steps)
     parts = split_head(model)
-    step_loss = procs.wrap(StepLoss(model, parts))  # DDP when several processes
     run.main = procs.main
     if cfg.l2sp_alpha:  # anchored to the starting weights, so taken before a checkpoint is loaded
         run.extra_loss.append(L2SP(cfg, model))
     if cfg.kl_beta:
         run.extra_loss.append(KLToBase(cfg, run))
+    if resume_from is not None:
+        ckpt.load_weights(resume_from, model)
+    # several processes: DDP, or FSDP, which turns the layers' parameters into shards (so the optimizer comes after)
+    step_loss = procs.wrap(StepLoss(model, parts), decoder_layers(model), use_bf16(cfg, device))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(model, cfg, device, fused=not procs.sharded)
+    scheduler = make_scheduler(optimizer, cfg, plan.total_steps)
     state = {"step": 0, "tokens": 0, "targets": 0, "train_s": 0.0, "elapsed_s": 0.0}
     if resume_from is not None:
-        state.update(ckpt.load_checkpoint(resume_from, model, optimizer, scheduler))
+        state.update(ckpt.load_state(resume_from, scheduler, lambda saved: procs.load_optimizer(model, optimizer, saved)))
         if procs.main:
             run_dir.truncate_metrics(state["step"])
     run.step = step = state["step"]
@@ -394,19 +399,25 @@ def _fit(run, cfg, run_dir, bus, subscribers, progress, device, model_path, resu
             from .events import ProgressBar
             bus.subscribe(ProgressBar())
     t_start = time.perf_counter() - state["elapsed_s"]
-    bus.emit("start", step, run, total_steps=plan.total_steps, steps_per_epoch=plan.steps_per_epoch,
-             resumed=resume_from is not None, device=str(device), micro_batch_tokens=max_tokens)
+    with procs.gathered(cfg.probe):  # the probe's baseline
+        bus.emit("start", step, run, total_steps=plan.total_steps, steps_per_epoch=plan.steps_per_epoch,
+                 resumed=resume_from is not None, device=str(device), micro_batch_tokens=max_tokens)
 
-    def save(step, end=False):
-        state.update(step=step, elapsed_s=time.perf_counter() - t_start)
-        folder = ckpt.save_checkpoint(run_dir.checkpoints_path / f"step-{step}", model, optimizer, scheduler, state)
-        run_dir.prune_checkpoints(cfg.keep_checkpoints, protect={run.best_checkpoint})
-        bus.emit("checkpoint", step, run, path=str(folder), end=end)
+    def save(step, end=False):  # on every process (FSDP gathers the state to process 0); returns FSDP's weights
+        whole = procs.whole_state(model, optimizer)
+        if procs.main:
+            state.update(step=step, elapsed_s=time.perf_counter() - t_start)
+            folder = ckpt.save_checkpoint(run_dir.checkpoints_path / f"step-{step}", model, optimizer, scheduler,
+                                          state, whole)
+            run_dir.prune_checkpoints(cfg.keep_checkpoints, protect={run.best_checkpoint})
+            bus.emit("checkpoint", step, run, path=str(folder), end=end)
+        return whole and whole[0]
 
     def validate(step):
         val = evaluate(model, val_examples, max_tokens, cfg, device, parts, procs)
-        samples = [{"prompt": p, "answer": a} for p, a in zip(cfg.sample_prompts, generate(
-            model, tok, cfg.sample_prompts, 48))] if cfg.sample_prompts and procs.main else []
+        with procs.gathered(bool(cfg.sample_prompts)):
+            samples = [{"prompt": p, "answer": a} for p, a in zip(cfg.sample_prompts, generate(
+                model, tok, cfg.sample_prompts, 48))] if cfg.sample_prompts and procs.main else []
         bus.emit("eval", step, run, epoch=round(plan.epoch_of(step), 4), val_loss=val,
                  elapsed_s=round(time.perf_counter() - t_start, 3), samples=samples)
 
@@ -423,30 +434,31 @@ def _fit(run, cfg, run_dir, bus, subscribers, progress, device, model_path, resu
         n_targets = sum(sum(ex.mask[1:]) for ex in step_examples)
         step_tokens = sum(len(ex) for ex in step_examples)
         for extra in run.extra_loss:  # regularisers (mitigations): once per step, their own backward, before the
-            with autocast(cfg, device):  # last micro-batch's, which exchanges the gradients summed so far
-                reg = extra(model, step)
-            reg.backward()
+            with procs.sync(step_loss, False):  # last micro-batch's, which exchanges the gradients summed so far
+                with autocast(cfg, device):
+                    reg = extra(model, step)
+                reg.backward()
             run_reg += reg.detach()
-        # this process's share of the step; DDP averages the processes' gradients, hence the factor world
-        mine, scale = procs.share(step_examples), procs.world / n_targets
-        if not mine:  # fewer examples than processes: join the gradient exchange with a zero gradient
-            mine, scale = step_examples[:1], 0.0
-        groups = micro_batches(mine, max_tokens)
-        for i, group in enumerate(groups):
+        # this process's share of the step; DDP and FSDP average the processes' gradients, hence the factor world.
+        # A pass of weight 0 joins the others' collectives with a zero gradient (fewer examples than processes)
+        scale = procs.world / n_targets
+        passes = procs.passes(step_examples, max_tokens)
+        for i, (group, weight) in enumerate(passes):
             batch = pack(group).to(device)
-            with procs.sync(step_loss, i == len(groups) - 1):
+            with procs.sync(step_loss, i == len(passes) - 1):
                 with autocast(cfg, device):
                     total = step_loss(batch)
-                (total * scale).backward()
-            if scale:
+                (total * (scale * weight)).backward()
+            if weight:
                 run_loss += total.detach()
+        procs.average_whole_grads()
         state["tokens"] += step_tokens
         log_tokens += step_tokens
         run_targets += n_targets
         run_steps += 1
         state["targets"] += n_targets
         if cfg.max_grad_norm > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            grad_norm = procs.clip_grad_norm(params, cfg.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -470,7 +482,8 @@ def _fit(run, cfg, run_dir, bus, subscribers, progress, device, model_path, resu
                 row["reg_loss"] = float(run_reg) / run_steps
             if device.type == "cuda":
                 row["mem_gb"] = round(torch.cuda.max_memory_allocated(device) / 1e9, 3)
-            bus.emit("log", step, run, **row)
+            with procs.gathered(run.schedule(step, "probe")):
+                bus.emit("log", step, run, **row)
             run_loss.zero_()
             run_reg.zero_()
             run_targets, run_steps, log_tokens, log_train_s = 0, 0, 0, 0.0
@@ -482,18 +495,18 @@ def _fit(run, cfg, run_dir, bus, subscribers, progress, device, model_path, resu
         if not end and (logged or procs.world == 1) and procs.any(
                 procs.main and (run.stop_event.is_set() or run_dir.stop_requested())):
             break
-        if run.schedule(step, "save") and procs.main:
+        if run.schedule(step, "save"):
             save(step)
     # cleanup: a stopped run keeps a checkpoint to resume from; a finished one writes its weights
-    if procs.main and step < plan.total_steps:
-        save(step)
+    stopped = step < plan.total_steps
+    weights = save(step, end=not stopped)
+    if procs.main and stopped:
         run_dir.stop_path.unlink(missing_ok=True)
         bus.emit("stopped", step, run, output=None, reason=run.stop_reason or "stop requested")
     elif procs.main:
-        save(step, end=True)
         out = run_dir.path / ("adapter" if cfg.method == "lora" else "model")
         base_name = DEFAULT_HUB_ID if cfg.model == "default" else model_path if cfg.model == "tiny" else cfg.model
-        ckpt.atomic_dir(out, lambda tmp: ckpt.save_weights(model, tok, tmp, base_name))
+        ckpt.atomic_dir(out, lambda tmp: ckpt.save_weights(model, tok, tmp, base_name, weights))
         bus.emit("finished", step, run, output=str(out), best_checkpoint=run.best_checkpoint)
     procs.barrier()  # when train() returns on any process, the run's files are written
     return run
