@@ -16,20 +16,25 @@ from ftnb.core.rundir import RunDir
 REPO = Path(__file__).resolve().parents[1]
 
 LAUNCHED = """
-import json, sys, ftnb
-job = json.loads(sys.argv[1])
-stop_at = job.pop("stop_at", None)
-stopper = lambda ev: ev.run.request_stop() if ev.kind == "log" and ev.step == stop_at else None
-if "resume" in job:
-    ftnb.resume(job["resume"])
-else:
-    ftnb.train(ftnb.TrainConfig(**job), subscribers=[stopper])
+import json, os, sys, ftnb
+for job in json.loads(sys.argv[1]):
+    if "fsdp" in job:  # the switch `accelerate launch` sets for an FSDP config
+        os.environ["ACCELERATE_USE_FSDP"] = str(job.pop("fsdp")).lower()
+    stop_at = job.pop("stop_at", None)
+    stopper = lambda ev: ev.run.request_stop() if ev.kind == "log" and ev.step == stop_at else None
+    if "resume" in job:
+        ftnb.resume(job["resume"])
+    else:
+        run = ftnb.train(ftnb.TrainConfig(**job), subscribers=[stopper])
+        assert run.run_dir.status()["state"] == "stopped" and run.step == stop_at
 """
 
 
-def launch(job, tmp_path, launcher="torchrun"):
-    """Two processes on CPU (gloo), each running ftnb.train (or resume) as `job` says; started by torchrun or by
-    `accelerate launch` with the DDP or FSDP config file the docs give (launcher "accelerate-ddp"/"accelerate-fsdp")."""
+def launch(jobs, tmp_path, launcher="torchrun"):
+    """Two processes on CPU (gloo) that run ftnb.train or resume for each of `jobs` in turn (a job's "fsdp" shards the
+    layers or not, whatever the launcher said); started by torchrun or by `accelerate launch` with the DDP or FSDP
+    config file the docs give (launcher "accelerate-ddp" / "accelerate-fsdp"). Two runs in one launch save a start-up
+    of some 10 s."""
     script = tmp_path / "launched.py"
     script.write_text(LAUNCHED)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -37,7 +42,7 @@ def launch(job, tmp_path, launcher="torchrun"):
              if launcher == "torchrun" else
              [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
               str(REPO / f"docs/accelerate-{launcher.split('-')[1]}.yaml"), "--main_process_port", "0"])
-    proc = subprocess.run(start + [str(script), json.dumps(job)], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(start + [str(script), json.dumps(jobs)], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
@@ -75,14 +80,12 @@ def job(tmp_path, qa_data):
 
 
 def test_two_processes_stop_and_resume_like_one_process_straight(job, tiny_path, tmp_path):
-    # started data parallel (DDP, torchrun), stopped at step 2 and resumed with the layers sharded (FSDP, accelerate
-    # launch with the docs' config): the probe and sample answers then run on process 0 with the layers gathered there
+    # launched with the docs' DDP config: data parallel up to a stop at step 2, then resumed with the layers sharded
+    # (FSDP), where the probe and the sample answers run on process 0 with the layers gathered there
     job = {**job, "probe": True, "sample_prompts": ["What is 2 plus 2?"]}
     one = ftnb.train(ftnb.TrainConfig(**job, run_name="one"))
     two = tmp_path / "runs" / "two"
-    launch({**job, "run_name": "two", "stop_at": 2}, tmp_path)
-    assert RunDir(two).status()["state"] == "stopped" and RunDir(two).status()["step"] == 2
-    launch({"resume": str(two)}, tmp_path, launcher="accelerate-fsdp")
+    launch([{**job, "run_name": "two", "stop_at": 2}, {"resume": str(two), "fsdp": True}], tmp_path, "accelerate-ddp")
 
     assert RunDir(two).status()["state"] == "finished"
     assert_same_curves(one.run_dir.path, two)
@@ -105,20 +108,45 @@ def test_two_processes_stop_and_resume_like_one_process_straight(job, tiny_path,
 
 
 def test_full_fine_tuning_with_regularisers_sharded_then_data_parallel(job, tiny_path, tmp_path):
-    # full fine-tuning, one example per step: process 1 joins every exchange with passes of weight 0. Sharded (FSDP)
-    # up to step 3: the embeddings and output layer stay whole (gradients averaged by hand), L2-SP's anchor is sharded
+    # full fine-tuning, one example per step: process 1 joins every exchange with passes of weight 0. Launched with
+    # the docs' FSDP config, sharded up to a stop at step 3: the embeddings and output layer stay whole (gradients averaged by hand), L2-SP's anchor is sharded
     # like its weights, KL-to-base runs on every process; then resumed data parallel (DDP) from the gathered checkpoint,
     # where the regularisers' backward comes before the gradient exchange
     job = {**job, "method": "full", "learning_rate": 1e-4, "batch_size": 1, "max_steps": 5, "l2sp_alpha": 0.5,
            "kl_beta": 0.1, "gradient_checkpointing": True}
     one = ftnb.train(ftnb.TrainConfig(**job, run_name="one"))
     two = tmp_path / "runs" / "two"
-    launch({**job, "run_name": "two", "stop_at": 3}, tmp_path, launcher="accelerate-fsdp")
-    assert RunDir(two).status()["step"] == 3
-    launch({"resume": str(two)}, tmp_path)
+    launch([{**job, "run_name": "two", "stop_at": 3}, {"resume": str(two), "fsdp": False}], tmp_path, "accelerate-fsdp")
     assert RunDir(two).status()["state"] == "finished"
     assert_same_curves(one.run_dir.path, two)
     w1, w2 = weights(one.run_dir.path), weights(two)
     assert w1.keys() == w2.keys() and w1
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6)
+
+
+def test_fsdp_settings_come_from_the_accelerate_environment(monkeypatch):
+    from ftnb import ConfigError
+    from ftnb.core.distributed import _fsdp_settings
+    for name in ("ACCELERATE_USE_FSDP", "FSDP_RESHARD_AFTER_FORWARD", "FSDP_SHARDING_STRATEGY", "FSDP_OFFLOAD_PARAMS",
+                 "FSDP_ACTIVATION_CHECKPOINTING"):
+        monkeypatch.delenv(name, raising=False)
+    assert _fsdp_settings() == (False, True)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` sets for an FSDP config
+    assert _fsdp_settings() == (True, True)
+    monkeypatch.setenv("FSDP_SHARDING_STRATEGY", "SHARD_GRAD_OP")  # fsdp_version 1 configs
+    assert _fsdp_settings() == (True, False)
+    monkeypatch.setenv("FSDP_RESHARD_AFTER_FORWARD", "true")  # version 2 configs say it directly
+    assert _fsdp_settings() == (True, True)
+    monkeypatch.delenv("FSDP_RESHARD_AFTER_FORWARD")
+    monkeypatch.setenv("FSDP_SHARDING_STRATEGY", "NO_SHARD")
+    with pytest.raises(ConfigError, match="'no_shard' is not supported.*accelerate-ddp.yaml"):
+        _fsdp_settings()
+    monkeypatch.setenv("FSDP_SHARDING_STRATEGY", "FULL_SHARD")
+    monkeypatch.setenv("FSDP_OFFLOAD_PARAMS", "true")
+    with pytest.raises(ConfigError, match="offload_params is not supported.*more GPUs.*quantize"):
+        _fsdp_settings()
+    monkeypatch.setenv("FSDP_OFFLOAD_PARAMS", "false")
+    monkeypatch.setenv("FSDP_ACTIVATION_CHECKPOINTING", "true")
+    with pytest.raises(ConfigError, match="activation_checkpointing is not supported.*gradient_checkpointing"):
+        _fsdp_settings()

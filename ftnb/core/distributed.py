@@ -37,7 +37,7 @@ def _fsdp_settings():
     env = lambda name, default="": os.environ.get(name, default).strip().lower()  # noqa: E731
     if env("ACCELERATE_USE_FSDP", "false") not in ("true", "1"):
         return False, True
-    for name, fix in (("FSDP_OFFLOAD_PARAMS", "quantize='4bit' (LoRA) or more processes"),
+    for name, fix in (("FSDP_OFFLOAD_PARAMS", "more GPUs, or for LoRA quantize='4bit' with the DDP config"),
                       ("FSDP_ACTIVATION_CHECKPOINTING", "ftnb's gradient_checkpointing=True")):
         if env(name, "false") in ("true", "1"):
             raise ConfigError("device", f"the FSDP setting {name.lower()[5:]} is not supported by ftnb: use {fix}")
