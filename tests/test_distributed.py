@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import ftnb
+from ftnb.core.models import decoder_layers
 from ftnb.core.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,8 +102,12 @@ def test_two_processes_stop_and_resume_like_one_process_straight(job, tiny_path,
         assert a["kl"] == pytest.approx(b["kl"], rel=1e-3, abs=1e-6)
     answers = [[r["samples"] for r in RunDir(run).metrics() if r.get("samples")] for run in (one.run_dir.path, two)]
     assert answers[0] == answers[1] and answers[0]
-    # process 0 alone wrote the run directory: one meta.json naming both processes, nothing else beside the run
-    assert json.loads((two / "meta.json").read_text())["processes"] == 2
+    # process 0 alone wrote the run directory: one meta.json naming both processes, nothing else beside the run;
+    # sharded, it held its half of the layers and the whole embeddings
+    meta = json.loads((two / "meta.json").read_text())
+    assert meta["processes"] == 2 and meta["sharded"]
+    layers = sum(p.numel() for layer in decoder_layers(one.model) for p in layer.parameters())
+    assert meta["params_per_process"] == pytest.approx(meta["params"] - layers / 2, rel=0.01)
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["one", "two"]
     assert not [p for p in two.rglob("*") if p.name.startswith(".")]
 

@@ -390,7 +390,7 @@ def _fit(run, cfg, run_dir, bus, subscribers, progress, device, model_path, resu
             run_dir.truncate_metrics(state["step"])
     run.step = step = state["step"]
     if procs.main:  # the others train and join the collectives; views, probe and files belong to process 0
-        write_json(run_dir.path / "meta.json", _meta(model, model_path, device, max_tokens, procs.world))
+        write_json(run_dir.path / "meta.json", _meta(model, model_path, device, max_tokens, procs))
         if cfg.probe:
             bus.subscribe(ForgettingProbe(cfg))
         for sub in subscribers:
@@ -512,16 +512,18 @@ def _fit(run, cfg, run_dir, bus, subscribers, progress, device, model_path, resu
     return run
 
 
-def _meta(model, model_path, device, max_tokens, processes=1):
+def _meta(model, model_path, device, max_tokens, procs):
     import peft
     import transformers
 
     from .. import __version__
     n_all = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_here = sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in model.parameters())  # FSDP: shards
     return {"ftnb": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "peft": peft.__version__, "model_path": str(model_path), "device": str(device), "params": n_all,
-            "trainable_params": n_train, "micro_batch_tokens": max_tokens, "processes": processes, "pid": os.getpid(),
+            "trainable_params": n_train, "micro_batch_tokens": max_tokens, "processes": procs.world,
+            "sharded": procs.sharded, "params_per_process": n_here, "pid": os.getpid(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
