@@ -81,12 +81,12 @@ def job(tmp_path, qa_data):
 
 
 def test_two_processes_stop_and_resume_like_one_process_straight(job, tiny_path, tmp_path):
-    # launched with the docs' DDP config: data parallel up to a stop at step 2, then resumed with the layers sharded
-    # (FSDP), where the probe and the sample answers run on process 0 with the layers gathered there
+    # launched by torchrun: data parallel up to a stop at step 2, then resumed with the layers sharded (FSDP), where
+    # the probe and the sample answers run on process 0 with the layers gathered there
     job = {**job, "probe": True, "sample_prompts": ["What is 2 plus 2?"]}
     one = ftnb.train(ftnb.TrainConfig(**job, run_name="one"))
     two = tmp_path / "runs" / "two"
-    launch([{**job, "run_name": "two", "stop_at": 2}, {"resume": str(two), "fsdp": True}], tmp_path, "accelerate-ddp")
+    launch([{**job, "run_name": "two", "stop_at": 2}, {"resume": str(two), "fsdp": True}], tmp_path)
 
     assert RunDir(two).status()["state"] == "finished"
     assert_same_curves(one.run_dir.path, two)
@@ -131,8 +131,14 @@ def test_full_fine_tuning_with_regularisers_sharded_then_data_parallel(job, tiny
 
 
 def test_fsdp_settings_come_from_the_accelerate_environment(monkeypatch):
+    from accelerate.commands.config.config_args import load_config_from_file
+
     from ftnb import ConfigError
     from ftnb.core.distributed import _fsdp_settings
+    # the docs' config files are what `accelerate launch --config_file` reads (the FSDP one is launched above)
+    assert load_config_from_file(str(REPO / "docs/accelerate-ddp.yaml")).distributed_type.value == "MULTI_GPU"
+    fsdp = load_config_from_file(str(REPO / "docs/accelerate-fsdp.yaml"))
+    assert fsdp.distributed_type.value == "FSDP" and fsdp.fsdp_config["fsdp_reshard_after_forward"] is True
     for name in ("ACCELERATE_USE_FSDP", "FSDP_RESHARD_AFTER_FORWARD", "FSDP_SHARDING_STRATEGY", "FSDP_OFFLOAD_PARAMS",
                  "FSDP_ACTIVATION_CHECKPOINTING"):
         monkeypatch.delenv(name, raising=False)
