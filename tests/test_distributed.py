@@ -64,6 +64,15 @@ def assert_same_curves(a, b):
         assert x == pytest.approx(y, rel=1e-4)
 
 
+def assert_same_run(a, b):
+    """Same curves and same final weights (rel 1e-4)."""
+    assert_same_curves(a, b)
+    w1, w2 = weights(a), weights(b)
+    assert w1.keys() == w2.keys() and w1
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6)
+
+
 def weights(run_dir):
     folder = RunDir(run_dir).weights_path
     return {k: v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(f).items()}
@@ -89,11 +98,7 @@ def test_two_processes_stop_and_resume_like_one_process_straight(job, tiny_path,
     launch([{**job, "run_name": "two", "stop_at": 2}, {"resume": str(two), "fsdp": True}], tmp_path)
 
     assert RunDir(two).status()["state"] == "finished"
-    assert_same_curves(one.run_dir.path, two)
-    w1, w2 = weights(one.run_dir.path), weights(two)
-    assert w1.keys() == w2.keys() and w1
-    for k in w1:
-        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6)
+    assert_same_run(one.run_dir.path, two)
     probes = [sorted(p.name for p in (run / "probe").glob("step-*.json")) for run in (one.run_dir.path, two)]
     assert probes[0] == probes[1] and len(probes[0]) >= 3
     for name in probes[0]:
@@ -114,20 +119,16 @@ def test_two_processes_stop_and_resume_like_one_process_straight(job, tiny_path,
 
 def test_full_fine_tuning_with_regularisers_sharded_then_data_parallel(job, tiny_path, tmp_path):
     # full fine-tuning, one example per step: process 1 joins every exchange with passes of weight 0. Launched with
-    # the docs' FSDP config, sharded up to a stop at step 3: the embeddings and output layer stay whole (gradients averaged by hand), L2-SP's anchor is sharded
-    # like its weights, KL-to-base runs on every process; then resumed data parallel (DDP) from the gathered checkpoint,
-    # where the regularisers' backward comes before the gradient exchange
+    # the docs' FSDP config, sharded up to a stop at step 3: the embeddings and output layer stay whole (gradients
+    # averaged by hand), L2-SP's anchor is sharded like its weights, KL-to-base runs on every process; then resumed
+    # data parallel (DDP) from the gathered checkpoint, where the regularisers' backward comes before the exchange
     job = {**job, "method": "full", "learning_rate": 1e-4, "batch_size": 1, "max_steps": 5, "l2sp_alpha": 0.5,
            "kl_beta": 0.1, "gradient_checkpointing": True}
     one = ftnb.train(ftnb.TrainConfig(**job, run_name="one"))
     two = tmp_path / "runs" / "two"
     launch([{**job, "run_name": "two", "stop_at": 3}, {"resume": str(two), "fsdp": False}], tmp_path, "accelerate-fsdp")
     assert RunDir(two).status()["state"] == "finished"
-    assert_same_curves(one.run_dir.path, two)
-    w1, w2 = weights(one.run_dir.path), weights(two)
-    assert w1.keys() == w2.keys() and w1
-    for k in w1:
-        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6)
+    assert_same_run(one.run_dir.path, two)
 
 
 def test_fsdp_settings_come_from_the_accelerate_environment(monkeypatch):

@@ -184,19 +184,14 @@ class Processes:
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
         weights = get_model_state_dict(model, options=opts)
         by_name = get_optimizer_state_dict(model, optimizer, options=opts)
-        index = {name: i for i, name in enumerate(_param_names(model, optimizer))}
-        return weights, {"state": {index[n]: v for n, v in by_name.get("state", {}).items()},
-                         "param_groups": [{**g, "params": [index[n] for n in g["params"]]}
-                                          for g in by_name.get("param_groups", [])]}
+        return weights, _relabel(by_name, {name: i for i, name in enumerate(_param_names(model, optimizer))})
 
     def load_optimizer(self, model, optimizer, saved):
         """Restore an optimizer state saved in torch's own layout, into shards with FSDP."""
         if not self.sharded:
             return optimizer.load_state_dict(saved)
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-        names = _param_names(model, optimizer)
-        by_name = {"state": {names[i]: v for i, v in saved["state"].items()},
-                   "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in saved["param_groups"]]}
+        by_name = _relabel(saved, _param_names(model, optimizer))
         set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
 
     def sum(self, tensor):
@@ -249,3 +244,10 @@ def _param_names(model, optimizer):
     """The names of the optimizer's parameters, in the order torch numbers them in its state dict."""
     names = {id(p): n for n, p in model.named_parameters()}
     return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+
+def _relabel(optim_state, label):
+    """An optimizer state dict with each parameter's key k (number or name) replaced by label[k]."""
+    return {"state": {label[k]: v for k, v in optim_state.get("state", {}).items()},
+            "param_groups": [{**g, "params": [label[k] for k in g["params"]]}
+                             for g in optim_state.get("param_groups", [])]}
