@@ -100,4 +100,9 @@ def estimate(cfg, tokens_per_epoch, device=None, measure=True):
             "available_gb": round(avail / 1e9, 1) if avail else None,
             "fits": avail is None or mem["total"] < 0.9 * avail,
             "tokens_per_s": round(tok_s) if tok_s else None,
-            "seconds_per_epoch": round(tokens_per_epoch / tok_s, 1) if tok_s else None}
+            "seconds_per_epoch": _significant(tokens_per_epoch / tok_s) if tok_s else None}
+
+
+def _significant(x, digits=3):
+    """`x` to `digits` significant digits: a tiny model's epoch takes milliseconds, which must not round to 0."""
+    return float(f"{x:.{digits}g}")

@@ -10,6 +10,26 @@ from ..core.config import PRESETS, TrainConfig
 from ..core.errors import ConfigError
 from ._common import Panel, esc, message
 
+
+def count(n):
+    """135M, 4.9M, 101K, 512: a parameter count as people say it."""
+    for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return str(n)
+
+
+def duration(seconds):
+    """'under a second', '40 s', '3.5 min', '2.1 h'."""
+    if seconds < 1:
+        return "under a second"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 GROUPS = [("model", "Model"), ("lora", "LoRA adapters"), ("data", "Data"), ("training", "Training"),
           ("forgetting", "Forgetting: probe and mitigations"), ("runtime", "Run")]
 MODEL_CHOICES = ["default", "tiny", "HuggingFaceTB/SmolLM2-360M-Instruct", "Qwen/Qwen2.5-0.5B-Instruct"]
@@ -155,12 +175,12 @@ class ConfigForm(Panel):
         est = estimate(self.config, tokens)
         m = est["memory_gb"]
         parts = ", ".join(f"{k} {m[k]:.2f} GB" for k in ("weights", "gradients", "optimizer", "activations"))
-        lines = [f"<b>{esc(est['device'])}</b>: {est['params'] / 1e6:.0f}M parameters, "
-                 f"{est['trainable_params'] / 1e6:.2f}M trained",
+        lines = [f"<b>{esc(est['device'])}</b>: {count(est['params'])} parameters, "
+                 f"{count(est['trainable_params'])} trained",
                  f"memory: about {m['total']:.2f} GB ({esc(parts)})"
                  + (f" of {est['available_gb']} GB" if est["available_gb"] else "")]
-        if tokens and est["seconds_per_epoch"]:
-            lines.append(f"time: about {est['seconds_per_epoch'] / 60:.1f} min per epoch "
+        if tokens and est["seconds_per_epoch"] is not None:
+            lines.append(f"time: about {duration(est['seconds_per_epoch'])} per epoch "
                          f"({tokens:,} tokens at ~{est['tokens_per_s']:,} tokens/s)")
         if self.config.probe:
             lines.append("forgetting probe: one pass took 24-31 s on 2 CPU cores for the 135M default model "

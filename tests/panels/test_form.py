@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from ftnb import TrainConfig
 from ftnb.panels import ConfigForm
 
@@ -37,12 +39,22 @@ def test_presets_and_json_round_trip(tmp_path):
     assert other.config == form.config
 
 
-def test_estimate_before_running():
+@pytest.mark.parametrize("flops", [None, 1e15, 1e7])  # as measured here; an idle fast machine; a slow one
+def test_estimate_before_running(flops, monkeypatch):
+    from ftnb.core import estimate
+    if flops:
+        monkeypatch.setattr(estimate, "matmul_flops", lambda device_type: flops)
     form = ConfigForm()
     est = form.show_estimate(tokens_per_epoch=10_000)
     assert est["params"] > 0 and 0 < est["trainable_params"] < est["params"]
+    # the tiny model's epoch takes milliseconds on a fast machine: a time, never rounded to nothing
     assert est["memory_gb"]["total"] > 0 and est["seconds_per_epoch"] > 0
-    assert "min per epoch" in form.estimate_html.value and "memory" in form.estimate_html.value
+    html = form.estimate_html.value
+    assert "per epoch" in html and "memory" in html and "101K parameters" in html
+    if flops == 1e15:
+        assert "under a second per epoch" in html
+    elif flops == 1e7:
+        assert f"{est['seconds_per_epoch'] / 60:.1f} min per epoch" in html
     form.fields["micro_batch_tokens"].value = 900_000
     form.fields["max_seq_len"].value = 900_000
     form.fields["batch_size"].value = 1000
