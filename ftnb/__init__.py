@@ -19,6 +19,6 @@ def __getattr__(name):
     if not name.startswith("_") and name != "core":
         import importlib
         core = importlib.import_module("ftnb.core")
-        if name in core.__all__:
-            return getattr(core, name)
+        if name in core.WHERE:
+            return core.lookup(name)
     raise AttributeError(f"module 'ftnb' has no attribute {name!r}")

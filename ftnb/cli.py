@@ -106,7 +106,7 @@ def cmd_export(args):
 def cmd_probe(args):
     from .core.probe import format_summary
     from .core.rundir import RunDir
-    from .core.forgetting import probe_run, probe_model
+    from .core.probe_saved import probe_model, probe_run
     if RunDir(args.target).config_path.exists():
         summary = probe_run(args.target, items=args.items)
     else:

@@ -8,7 +8,7 @@ import shutil
 import textwrap
 import time
 
-from .core.compare import run_curves
+from .core.comparison import run_curves
 from .core.config import TrainConfig
 from .core.data import bundled
 from .core.probe import format_summary

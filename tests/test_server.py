@@ -31,9 +31,11 @@ def fake_run(folder, state="finished", pid=None, step=3, total=10, metrics=None,
     """A run folder written by hand: what the server reads, without training."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config or {"model": "tiny", "epochs": 1}))
+    writer = {"pid": pid or os.getpid(), "host": socket.gethostname(), "heartbeat_s": 3600}  # beats for the module
     (folder / "status.json").write_text(json.dumps({"state": state, "step": step, "total_steps": total, "error": None,
-                                                    "pid": pid or os.getpid(), "host": socket.gethostname(),
-                                                    "updated": time.time()}))
+                                                    **writer, "updated": time.time()}))
+    if state == "running":  # a running run's writer holds its lock
+        (folder / "run.lock").write_text(json.dumps({**writer, "since": time.time()}))
     lines = metrics if metrics is not None else [{"step": step, "loss": 1.25, "elapsed_s": 4.0}]
     (folder / "metrics.jsonl").write_text("".join(line if isinstance(line, str) else json.dumps(line) + "\n"
                                                   for line in lines))

@@ -1,18 +1,28 @@
 """ftnb's core: config, data, models, the training loop, events and run directories.
 
-Never imports ipywidgets, plotly or IPython: the panels are views over this package, not part of it.
+Never imports ipywidgets, plotly or IPython: the panels are views over this package, not part of it. Names are
+imported on first use, so the Jupyter server can read run folders (rundir, metrics) without importing torch.
 """
-from .batching import pack, tokenize_data
-from .config import PRESETS, TrainConfig
-from .data import ChatData, DataReport, load_examples
-from .errors import ConfigError, DataError, FtnbError, ModelNotFoundError, RunError
-from .events import Event, ProgressBar, Recorder
-from .generate import compare, generate
-from .models import load_model, resolve_model
-from .rundir import RunDir, list_runs
-from .train import Run, load_run, resume, train
+import importlib
 
-__all__ = ["TrainConfig", "PRESETS", "ChatData", "DataReport", "load_examples", "pack", "tokenize_data",
-           "ConfigError", "DataError", "FtnbError", "ModelNotFoundError", "RunError", "Event", "ProgressBar", "Recorder",
-           "generate", "compare", "load_model", "resolve_model", "RunDir", "list_runs", "Run", "train", "resume",
-           "load_run"]
+WHERE = {  # public name -> the module that defines it
+    "TrainConfig": "config", "PRESETS": "config", "ChatData": "data", "DataReport": "data", "load_examples": "data",
+    "pack": "batching", "tokenize_data": "batching", "ConfigError": "errors", "DataError": "errors",
+    "FtnbError": "errors", "ModelNotFoundError": "errors", "RunError": "errors", "Event": "events",
+    "ProgressBar": "events", "Recorder": "events", "generate": "generate", "compare": "generate",
+    "load_model": "models", "resolve_model": "models", "RunDir": "rundir", "list_runs": "rundir", "Run": "train",
+    "train": "train", "resume": "train", "load_run": "train",
+}
+__all__ = list(WHERE)
+
+
+def lookup(name):
+    """The public object `name`, taken from its module: `ftnb.train` is the function even once the module
+    `ftnb.core.train` has been imported (which makes the package attribute `train` that module)."""
+    return getattr(importlib.import_module(f"{__name__}.{WHERE[name]}"), name)
+
+
+def __getattr__(name):
+    if name in WHERE:
+        return lookup(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,6 +21,11 @@ def _f(default, help, group, choices=None, **extra):
     return field(default=default, metadata=meta)
 
 
+TYPES = {"str": str, "int": int, "float": float, "bool": bool, "list": list, "dict": dict}
+TYPE_NAMES = {str: "a string", int: "a whole number", float: "a number", bool: "true or false", list: "a list",
+              dict: "a mapping"}
+
+
 @dataclass
 class TrainConfig:
     # -- model --
@@ -124,7 +129,15 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(name, message)
 
-        for f in dataclasses.fields(self):
+        for f in dataclasses.fields(self):  # types first: a config.json from a run folder can hold anything
+            value, kind = getattr(self, f.name), TYPES[f.type if isinstance(f.type, str) else f.type.__name__]
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                setattr(self, f.name, value := float(value))
+            need(isinstance(value, kind) and (kind is bool or not isinstance(value, bool)), f.name,
+                 f"must be {TYPE_NAMES[kind]}, not {type(value).__name__} {value!r:.60}")
+            if kind in (list, dict):
+                items = value if kind is list else [*value, *value.values()]
+                need(all(isinstance(x, str) for x in items), f.name, f"must hold strings only, not {value!r:.60}")
             choices = f.metadata.get("choices")
             if choices:
                 need(getattr(self, f.name) in choices, f.name,
@@ -134,7 +147,6 @@ class TrainConfig:
         need(self.lora_alpha > 0, "lora_alpha", f"must be positive, not {self.lora_alpha}")
         need(0 <= self.lora_dropout < 1, "lora_dropout", f"must be in [0, 1), not {self.lora_dropout}")
         need(self.lora_targets.strip(), "lora_targets", "name 'all-linear', 'attention' or module names")
-        need(isinstance(self.columns, dict), "columns", "must be a mapping like {\"prompt\": \"question\"}")
         need(0 <= self.val_fraction < 1, "val_fraction", f"must be in [0, 1), not {self.val_fraction}")
         need(16 <= self.max_seq_len <= 1_000_000, "max_seq_len", f"must be between 16 and 1,000,000, not {self.max_seq_len}")
         need(math.isfinite(self.epochs) and self.epochs > 0, "epochs", f"must be positive, not {self.epochs}")
@@ -155,8 +167,6 @@ class TrainConfig:
         for name in ("eval_every", "save_every"):
             need(getattr(self, name) >= 0, name, f"must be 0 or more, not {getattr(self, name)}")
         need(self.keep_checkpoints >= 1, "keep_checkpoints", f"must be at least 1, not {self.keep_checkpoints}")
-        need(isinstance(self.sample_prompts, list) and all(isinstance(p, str) for p in self.sample_prompts),
-             "sample_prompts", "must be a list of strings")
         need(self.output_dir.strip(), "output_dir", "must name a folder")
         need(self.probe_every >= -1, "probe_every", f"must be -1, 0 or more, not {self.probe_every}")
         need(0 < self.min_retention <= 1.5, "min_retention", f"must be in (0, 1.5], not {self.min_retention}")

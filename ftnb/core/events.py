@@ -7,6 +7,7 @@ A subscriber that raises is detached with a warning, unless it is `essential` (t
 run fails, because the run directory is the source of truth.
 """
 import collections
+import threading
 import warnings
 from dataclasses import dataclass, field
 
@@ -62,12 +63,21 @@ class EventBus:
 
 
 class RunDirWriter:
-    """Writes metrics.jsonl lines and status.json of the run as events arrive."""
+    """Writes metrics.jsonl lines and status.json of the run as events arrive, and keeps a heartbeat: while the run
+    is running, a thread rewrites status.json (refreshing `updated`) and touches run.lock every HEARTBEAT_S seconds,
+    so readers can tell a frozen or silenced writer (a full disk) from a slow step."""
     essential = True
+    LINES = {"log": "train", "eval": "eval", "probe": "probe"}
 
-    def __init__(self, run_dir):
+    def __init__(self, run_dir, heartbeat_s=None):
+        from .rundir import HEARTBEAT_S
         self.run_dir = run_dir
         self.total_steps = None
+        self.heartbeat_s = heartbeat_s or HEARTBEAT_S
+        self.status = None  # the fields of the last "running" status written
+        self.lock = threading.Lock()  # the loop's status writes and the heartbeat's, one at a time
+        self.stopped = threading.Event()
+        self.thread = None
 
     def on_event(self, ev):
         try:
@@ -81,14 +91,45 @@ class RunDirWriter:
         rd, d = self.run_dir, ev.data
         if ev.kind == "start":
             self.total_steps = d["total_steps"]
-            rd.write_status("running", step=ev.step, total_steps=self.total_steps, error=None)
-        elif ev.kind in ("log", "eval", "probe"):
-            rd.append_metrics({"step": ev.step, **d})
+            self._running(step=ev.step, total_steps=self.total_steps, error=None)
+            self.start_heartbeat()
+        elif ev.kind in self.LINES:
+            rd.append_metrics(self.LINES[ev.kind], ev.step, d)
             if ev.kind == "log":
-                rd.write_status("running", step=ev.step, total_steps=self.total_steps, error=None)
+                self._running(step=ev.step, total_steps=self.total_steps, error=None)
         elif ev.kind in ENDS:
+            self.close()  # no heartbeat may write "running" after this
             rd.write_status(ev.kind, step=ev.step, total_steps=self.total_steps, error=d.get("error"),
                             **{k: d[k] for k in ("output", "best_checkpoint", "reason") if k in d})
+
+    def _running(self, **fields):
+        with self.lock:
+            self.run_dir.write_status("running", **fields)
+            self.status = fields
+
+    def start_heartbeat(self):
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._beat, daemon=True, name="ftnb-heartbeat")
+            self.thread.start()
+
+    def _beat(self):
+        while not self.stopped.wait(self.heartbeat_s):
+            with self.lock:
+                if self.stopped.is_set():
+                    return
+                self.run_dir.heartbeat()
+                try:
+                    self.run_dir.write_status("running", **self.status)
+                except OSError:
+                    pass  # a full disk: the heartbeat stops showing, and readers say "not responding"
+
+    def close(self):
+        """Stop the heartbeat (the run ended, or failed in a way that may leave status.json behind)."""
+        self.stopped.set()
+        with self.lock:
+            pass  # a heartbeat write in progress has finished
+        if self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join()
 
 
 class ProgressBar:

@@ -1,4 +1,5 @@
 """Forgetting during training: the probe as a subscriber, the forgetting budget, and the mitigations.
+(Probing a saved run or a model after training is probe_saved.py's.)
 
 ForgettingProbe   probes at step 0 (the baseline), every `probe_every` steps (or at each evaluation) and at the end;
                   writes `probe/step-N.json` and a metrics line with a `probe` field; applies the budget.
@@ -17,9 +18,28 @@ from .batching import pack, tokenize_data
 from .data import bundled, load_examples
 from .generate import base_model_context
 from .loss import split_head
-from .models import cache_dir, load_model, pick_device, resolve_model
+from .models import cache_dir
 from .probe import ProbeSuite, run_probe, summarize, topk_kl
-from .rundir import read_json, write_atomic, write_json
+from . import metrics
+from .rundir import read_json, read_untrusted_json, write_atomic, write_json
+
+# probe/step-N.json as the panels read it back: typed, since a run folder may come from anyone
+ANSWER = metrics.record({"question": metrics.text, "answer": metrics.text, "ok": metrics.boolean},
+                        required=("question", "answer", "ok"))
+PROBE_STEP = metrics.record({"step": metrics.whole, "gen": metrics.list_of(ANSWER, limit=200)}, lenient=True)
+_m = metrics
+BASELINE = _m.record({"fingerprint": _m.text, "cached": _m.boolean, "result": _m.record({
+    "mc": _m.record({"pred": _m.list_of(_m.whole, 100_000), "pred_norm": _m.list_of(_m.whole, 100_000),
+                     "logprob": _m.list_of(_m.list_of(_m.number), 100_000)}, required=("pred", "pred_norm")),
+    "ppl": _m.nullable(_m.number),
+    "kl": _m.nullable(_m.record({"answers": _m.list_of(_m.list_of(_m.whole)),
+                                 "topk_ids": _m.list_of(_m.list_of(_m.list_of(_m.whole))),
+                                 "topk_logprobs": _m.list_of(_m.list_of(_m.list_of(_m.number)))},
+                                required=("answers", "topk_ids", "topk_logprobs"))),
+    "gen": _m.nullable(_m.list_of(ANSWER, limit=10_000)),
+    "seconds": _m.record({"total": _m.number}, required=("total",))}, required=("mc", "seconds"))},
+    required=("fingerprint", "result"))
+BUDGET_POINT = _m.list_of(_m.nullable(_m.number), limit=3)
 
 
 def model_identity(path):
@@ -82,16 +102,16 @@ class ForgettingProbe:
     def _start(self, ev, run):
         folder = run.run_dir.path / "probe"
         folder.mkdir(exist_ok=True)
-        saved = read_json(folder / "baseline.json", default=None)
-        if saved and saved.get("fingerprint") == self.suite.fingerprint():
+        saved = read_baseline(folder, self.suite)
+        if saved:
             self.baseline = saved["result"]
         else:
             self.baseline, cached = probe_baseline(run.model, run.tokenizer, self.suite, run.model_path)
             write_json(folder / "baseline.json", {"fingerprint": self.suite.fingerprint(), "cached": cached,
                                                   "result": self.baseline})
-        budget = read_json(folder / "budget.json", default=None)
-        if budget:  # resumed: keep the points measured before the stop
-            self.points = [tuple(p) for p in budget["points"] if p[0] <= ev.step]
+        points = read_budget(folder)
+        if points:  # resumed: keep the points measured before the stop
+            self.points = [p for p in points if p[0] <= ev.step]
             run.best_checkpoint = best_within_budget(self.points, self.cfg.min_retention)
         if ev.step == 0:  # the model at step 0 is the base model: its probe is the baseline
             self._record(run, 0, self.baseline)
@@ -118,41 +138,50 @@ class ForgettingProbe:
         return s
 
 
+def read_baseline(folder, suite):
+    """probe/baseline.json's result when it was measured with this suite and has the shape of one (a run folder may
+    come from anyone); None otherwise, and the baseline is measured again."""
+    value, _ = read_untrusted_json(folder / "baseline.json")
+    try:
+        saved = BASELINE(value) if value is not None else None
+    except (metrics.Skip, RecursionError):
+        return None
+    if not saved or saved["fingerprint"] != suite.fingerprint() or len(saved["result"]["mc"]["pred"]) != len(suite.mc):
+        return None
+    result = {k: v for k, v in saved["result"].items() if v is not None}
+    return {**saved, "result": result}
+
+
+def read_budget(folder):
+    """The (step, val_loss, retention) points of probe/budget.json that are well formed."""
+    value, _ = read_untrusted_json(folder / "budget.json")
+    points = value.get("points") if isinstance(value, dict) else None
+    out = []
+    for p in points if isinstance(points, list) else []:
+        try:
+            step, val, ret = BUDGET_POINT(p)
+        except (metrics.Skip, ValueError):
+            continue
+        if isinstance(step, int) and val is not None:
+            out.append((step, val, ret))
+    return out
+
+
+def read_probe_step(run_dir, step):
+    """The kept answers of the probe at `step` ({"step", "gen": [{question, answer, ok}] or None}), or None when the
+    file is missing or unreadable."""
+    value, why = read_untrusted_json(run_dir.path / "probe" / f"step-{int(step)}.json")
+    try:
+        return None if why or value is None else PROBE_STEP(value)
+    except metrics.Skip:
+        return None
+
+
 def best_within_budget(points, min_retention):
     """The step with the lowest validation loss among (step, val_loss, retention) points whose retention is within
     the budget (a point without a probe result counts as within); None when none is."""
     ok = [(val, step) for step, val, ret in points if ret is None or ret >= min_retention]
     return min(ok)[1] if ok else None
-
-
-def probe_run(run_dir, items=None):
-    """The forgetting summary of a run's final (or latest) weights against its base model."""
-    from .train import load_run
-    run = load_run(run_dir)
-    suite = ProbeSuite.default(items or run.config.probe_items or None)
-    saved = read_json(run.run_dir.path / "probe" / "baseline.json", default=None)
-    if saved and saved.get("fingerprint") == suite.fingerprint():
-        baseline = saved["result"]
-    elif hasattr(run.model, "disable_adapter"):
-        baseline = probe_baseline(run.model, run.tokenizer, suite, resolve_model(run.config.model))[0]
-    else:
-        base, tok, path = load_model(run.config.model, next(run.model.parameters()).device)
-        baseline = probe_baseline(base, tok, suite, path)[0]
-        del base
-    return summarize(suite, run_probe(run.model, run.tokenizer, suite, baseline=baseline), baseline)
-
-
-def probe_model(name, base=None, items=None):
-    """A model's probe summary; with `base`, against that model's results (retention, drift)."""
-    suite = ProbeSuite.default(items)
-    model, tok, path = load_model(name, pick_device())
-    if base:
-        bmodel, btok, bpath = load_model(base, pick_device())
-        baseline = probe_baseline(bmodel, btok, suite, bpath)[0]
-        del bmodel
-    else:
-        baseline = probe_baseline(model, tok, suite, path)[0]
-    return summarize(suite, run_probe(model, tok, suite, baseline=baseline), baseline)
 
 
 # -- mitigations -------------------------------------------------------------------------------------------------------

@@ -351,15 +351,16 @@ def summarize(suite, result, baseline):
 def format_summary(s):
     lines = [f"multiple choice: {s['acc']:.1%} right (base {s['acc_base']:.1%}; 95% CI {s['acc_low']:.1%} to "
              f"{s['acc_high']:.1%}, n={s['n']})"]
-    if s["retention"] is not None:
+    if s.get("retention") is not None:
         lines.append(f"retention: {s['retention']:.1%} (95% CI {s['retention_low']:.1%} to {s['retention_high']:.1%})")
     if s.get("kl") is not None:
         lines.append(f"drift from the base model: KL {s['kl']:.4f} nats per token")
-    if s.get("ppl"):
+    if s.get("ppl") and s.get("ppl_base") and s.get("ppl_change") is not None:
         lines.append(f"general-text perplexity: {s['ppl']:.2f} (base {s['ppl_base']:.2f}, {s['ppl_change']:+.1%})")
-    if "gen_ok" in s:
+    if s.get("gen_ok") is not None:
         lines.append(f"general questions answered right: {s['gen_ok']}/{s['gen_n']} (base {s['gen_ok_base']})")
     lines.append(f"flipped right -> wrong: {len(s['right_to_wrong'])} {', '.join(s['right_to_wrong'][:12])}")
     lines.append(f"flipped wrong -> right: {len(s['wrong_to_right'])} {', '.join(s['wrong_to_right'][:12])}")
-    lines.append(f"one probe pass: {s['seconds']:.1f} s")
+    if s.get("seconds") is not None:
+        lines.append(f"one probe pass: {s['seconds']:.1f} s")
     return "\n".join(lines)

@@ -15,6 +15,7 @@ import random
 import shutil
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -274,20 +275,44 @@ def train(config=None, data=None, *, val_data=None, subscribers=(), stop_event=N
                 base_model=base_model)
 
 
-def resume(run_dir, *, subscribers=(), stop_event=None, progress=False, checkpoint=None, **overrides):
+def resume(run_dir, *, subscribers=(), stop_event=None, progress=False, checkpoint=None, trust_remote_code=False,
+           force=False, **overrides):
     """Continue a stopped, failed or interrupted run from its last checkpoint (or `checkpoint`, a step number).
-    Overrides may extend it (epochs, max_steps); the loss curve continues exactly as if never stopped."""
+    Overrides may extend it (epochs, max_steps); the loss curve continues exactly as if never stopped.
+    `trust_remote_code`: allow the model's own Python code, as when it was trained (never taken from the run folder).
+    `force`: take the run over even though its lock says another process writes it (one that is gone for good, e.g.
+    on a machine that was shut down)."""
     rd = RunDir(run_dir)
     if not rd.config_path.exists():
         raise RunError(f"{rd.path} is not a run directory (no config.json)")
-    cfg = rd.config().replace(**overrides) if overrides else rd.config()
+    cfg = _folder_config(rd, trust_remote_code)
+    cfg = cfg.replace(**overrides) if overrides else cfg
     cks = rd.checkpoints()
     if checkpoint is not None:
         cks = [c for c in cks if c[0] == checkpoint]
     if not cks:
         raise RunError(f"{rd.path} has no checkpoint{'' if checkpoint is None else f' at step {checkpoint}'} to resume from")
+    if _weights_in(cks[-1][1]) is None:
+        raise RunError(f"{cks[-1][1]} holds neither adapter/ nor model/")
+    check_safe_folder(_weights_in(cks[-1][1]))
     data, val = _saved_data(rd)
-    return _run(cfg, rd, data, val, subscribers, stop_event, progress, resume_from=cks[-1][1], procs=Processes(cfg))
+    return _run(cfg, rd, data, val, subscribers, stop_event, progress, resume_from=cks[-1][1], procs=Processes(cfg),
+                force=force)
+
+
+def _folder_config(rd, trust_remote_code):
+    """A run folder's config, with trust_remote_code from the caller: a folder cannot make code run."""
+    cfg = rd.config()
+    if cfg.trust_remote_code and not trust_remote_code:
+        raise RunError(f"{rd.config_path} says trust_remote_code, which runs Python code shipped with the model; a "
+                       "run folder cannot turn that on. If you trust this run and its model, pass "
+                       "trust_remote_code=True (on the command line: --trust-remote-code)")
+    return cfg.replace(trust_remote_code=bool(trust_remote_code))
+
+
+def _weights_in(folder):
+    """The adapter/ or model/ folder inside a checkpoint or run folder (None when it has neither)."""
+    return next((p for p in (Path(folder) / "adapter", Path(folder) / "model") if p.is_dir()), None)
 
 
 def _saved_data(rd):
@@ -301,11 +326,14 @@ def _saved_examples(path):
     return load_examples(path, "auto")
 
 
-def _run(cfg, run_dir, data, val_data, subscribers, stop_event, progress, resume_from, procs, base_model=None):
+def _run(cfg, run_dir, data, val_data, subscribers, stop_event, progress, resume_from, procs, base_model=None,
+         force=False):
     created = not run_dir.path.exists()
     run = None
-    bus = EventBus([RunDirWriter(run_dir)] if procs.main else [])  # process 0 alone writes the run directory
-    procs.main_first(run_dir.acquire_lock)  # before the try: a refused lock leaves the other run's files alone
+    writer = RunDirWriter(run_dir)
+    bus = EventBus([writer] if procs.main else [])  # process 0 alone writes the run directory
+    # before the try: a refused lock leaves the other run's files alone
+    procs.main_first(lambda: run_dir.acquire_lock(force=force))
     try:
         sets = [data, val_data]
 
@@ -340,8 +368,9 @@ def _run(cfg, run_dir, data, val_data, subscribers, stop_event, progress, resume
         if procs.main and run_dir.config_path.exists():
             try:
                 bus.emit("failed", run.step if run else 0, run, error=error)
-            except Exception:
-                pass  # the original error matters more than a failed status write
+            except Exception as status_error:  # the original error is raised; this one is said beside it
+                _note(e, f"ftnb could not record the failure in {run_dir.status_path} either ({status_error}); "
+                         "with its heartbeat stopped, readers show the run as not responding")
         elif procs.main and created:  # nothing worth keeping yet: leave no half-made folder behind
             run_dir.release_lock()
             shutil.rmtree(run_dir.path, ignore_errors=True)
@@ -349,8 +378,15 @@ def _run(cfg, run_dir, data, val_data, subscribers, stop_event, progress, resume
             raise RunError(error) from e
         raise
     finally:
+        writer.close()
         if procs.main:
             run_dir.release_lock()
+
+
+def _note(e, text):
+    """Add a note to an exception (shown under its traceback, and by the monitor) and warn with it."""
+    e.__notes__ = [*getattr(e, "__notes__", []), text]
+    warnings.warn(text, stacklevel=3)
 
 
 def _explain(e, cfg):
@@ -527,16 +563,20 @@ def _meta(model, model_path, device, max_tokens, procs):
             "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
-def load_run(run_dir, device="auto", checkpoint=None):
-    """A finished (or checkpointed) run's model and tokenizer, ready to generate or probe."""
+def load_run(run_dir, device="auto", checkpoint=None, trust_remote_code=False):
+    """A finished (or checkpointed) run's model and tokenizer, ready to generate or probe. `trust_remote_code`:
+    allow the model's own Python code (never taken from the run folder, which may come from anyone)."""
     rd = RunDir(run_dir)
-    cfg = rd.config()
+    cfg = _folder_config(rd, trust_remote_code)
     weights = rd.weights_path
     if checkpoint is not None or weights is None:
         cks = [c for c in rd.checkpoints() if checkpoint is None or c[0] == checkpoint]
         if not cks:
             raise RunError(f"{rd.path} has no weights yet (no adapter/, model/ or checkpoint)")
-        weights = next(p for p in (cks[-1][1] / "adapter", cks[-1][1] / "model") if p.is_dir())
+        weights = _weights_in(cks[-1][1])
+        if weights is None:
+            raise RunError(f"{cks[-1][1]} holds neither adapter/ nor model/")
+    check_safe_folder(weights)
     dev = pick_device(device)
     if weights.name == "adapter":
         from peft import PeftModel
@@ -545,7 +585,6 @@ def load_run(run_dir, device="auto", checkpoint=None):
             model = PeftModel.from_pretrained(base, str(weights))
     else:
         from transformers import AutoModelForCausalLM
-        check_safe_folder(weights)
         with LOAD_LOCK:
             model = AutoModelForCausalLM.from_pretrained(weights, dtype=torch.float32, use_safetensors=True,
                                                          trust_remote_code=cfg.trust_remote_code)
@@ -554,7 +593,5 @@ def load_run(run_dir, device="auto", checkpoint=None):
     model.to(dev).eval()
     run = Run(cfg, rd.path, model, tok)
     st = rd.status()
-    run.step, run.total_steps = st.get("step", 0), st.get("total_steps") or 0
+    run.step, run.total_steps = st["step"], st.get("total_steps") or 0
     return run
-
-

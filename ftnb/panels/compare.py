@@ -5,7 +5,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..core.compare import compare_runs
+from ..core.comparison import compare_runs
 from ..core.rundir import list_runs
 from ._common import LiveChart, Panel, esc, message, plural
 

@@ -8,8 +8,10 @@ import numpy as np
 from plotly.subplots import make_subplots
 
 from ..core.config import TrainConfig
+from ..core.forgetting import read_probe_step
+from ..core.metrics import History
 from ..core.probe import ProbeSuite
-from ..core.rundir import RunDir, read_json
+from ..core.rundir import RunDir
 from ._common import LiveChart, Panel, esc, message
 
 MITIGATIONS = [  # (field, widget kind, one line)
@@ -49,7 +51,6 @@ class ForgettingPanel(Panel):
     # -- plain functions --
     def reload(self):
         """Redraw from the run directory (all probe lines and the latest per-item file)."""
-        from .monitor import History
         history = History()
         history.load(self.run_dir.metrics_path)  # reads probe lines without parsing a long training history
         self.points = history.probe
@@ -98,7 +99,7 @@ class ForgettingPanel(Panel):
                            4: {"x": steps, "y": get("kl")}, 5: {"x": steps, "y": get("ppl")}}, force=True)
         self.summary = s = self.points[-1][1]
         ret = s.get("retention")
-        self.headline.value = (f"<b>step {self.points[-1][0]}</b>: multiple-choice {s['acc']:.1%} (base "
+        self.headline.value = (f"<b>step {esc(self.points[-1][0])}</b>: multiple-choice {s['acc']:.1%} (base "
                                f"{s['acc_base']:.1%}, 95% CI {s['acc_low']:.1%}-{s['acc_high']:.1%}), "
                                + (f"retention <b>{ret:.1%}</b>, " if ret is not None else "")
                                + f"KL {s.get('kl') or 0:.4f}, perplexity {s.get('ppl') or 0:.2f} "
@@ -109,9 +110,7 @@ class ForgettingPanel(Panel):
     def _draw_details(self):
         if self.run_dir is None:
             return
-        folder = self.run_dir.path / "probe"
-        last = read_json(folder / f"step-{self.points[-1][0]}.json", default=None)
-        first = read_json(folder / "step-0.json", default=None)
+        last, first = read_probe_step(self.run_dir, self.points[-1][0]), read_probe_step(self.run_dir, 0)
         by_id = {it["id"]: it for it in self.suite.mc}
         s = self.summary
         flips = []

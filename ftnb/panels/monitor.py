@@ -4,7 +4,6 @@ tokens/s; live loss, learning-rate and gradient-norm charts; sample answers at e
 A monitor can also be opened on an existing run folder (`TrainingMonitor.open(path)`): it redraws the whole history
 from metrics.jsonl and, while another process is still training it, follows the file.
 """
-import json
 import threading
 import time
 
@@ -13,76 +12,10 @@ import numpy as np
 from plotly.subplots import make_subplots
 
 from ..core.events import ENDS
-from ..core.rundir import RunDir, read_jsonl
+from ..core.metrics import History
+from ..core.rundir import RunDir
 from ..core.train import resume, train
 from ._common import LiveChart, Panel, Throttle, esc, message
-
-MAX_POINTS = 2000  # drawn per curve; the data is kept whole
-
-
-def downsample(x, y, n=MAX_POINTS):
-    """At most n points, evenly strided, always keeping the last one."""
-    if len(x) <= n:
-        return np.asarray(x), np.asarray(y)
-    idx = np.unique(np.r_[np.linspace(0, len(x) - 1, n).astype(int), len(x) - 1])
-    return np.asarray(x)[idx], np.asarray(y)[idx]
-
-
-class History:
-    """The curves of one run, as lists, fed by events or metrics.jsonl lines."""
-
-    def __init__(self):
-        self.train = {"step": [], "loss": [], "lr": [], "grad_norm": []}
-        self.val = {"step": [], "val_loss": []}
-        self.probe, self.samples, self.last = [], [], {}
-        self.total_steps, self.state, self.error = None, "new", None
-
-    def load(self, path, max_train_lines=4 * MAX_POINTS):
-        """Read a whole metrics.jsonl; return the byte offset after its last complete line. A long history (a
-        million lines) is read at a stride: every evaluation and probe line, and about max_train_lines train lines
-        (the last one always); the file itself keeps every line."""
-        try:
-            with open(path, "rb") as fh:
-                blob = fh.read()
-        except FileNotFoundError:
-            return 0
-        end = blob.rfind(b"\n") + 1  # a torn last line (a writer mid-append) waits for the next read
-        blob = blob[:end]
-        special = {}  # start offset -> line, for every evaluation and probe line (found at C speed, no loop per line)
-        for key in (b'"val_loss"', b'"probe"'):
-            at = blob.find(key)
-            while at != -1:
-                start = blob.rfind(b"\n", 0, at) + 1
-                stop = blob.find(b"\n", at)
-                special[start] = blob[start:stop]
-                at = blob.find(key, stop)
-        lines = blob.split(b"\n")[:-1]
-        stride = max(1, len(lines) // max_train_lines)
-        is_train = lambda x: b'"val_loss"' not in x and b'"probe"' not in x  # noqa: E731
-        last = next((x for x in reversed(lines) if is_train(x)), None)
-        chosen = [x for x in lines[::stride] if is_train(x)]
-        if last is not None and (not chosen or chosen[-1] is not last):
-            chosen.append(last)
-        for line in chosen + [special[k] for k in sorted(special)]:
-            try:
-                self.add(json.loads(line))
-            except ValueError:
-                pass
-        return end
-
-    def add(self, row):
-        if "probe" in row:
-            self.probe.append((row["step"], row["probe"]))
-        elif "val_loss" in row:
-            self.val["step"].append(row["step"])
-            self.val["val_loss"].append(row["val_loss"])
-            if row.get("samples"):
-                self.samples = row["samples"]
-        elif "loss" in row:
-            for k in self.train:
-                self.train[k].append(row.get(k) if k != "step" else row["step"])
-            self.last = row
-
 
 class TrainingMonitor(Panel):
     """monitor = TrainingMonitor(form=form, builder=builder); monitor.start(); monitor.wait(); monitor.run"""
@@ -139,7 +72,7 @@ class TrainingMonitor(Panel):
             return
         rd = self.run_dir.path
         self.history = History()
-        for row in read_jsonl(RunDir(rd).metrics_path):
+        for row in self.run_dir.metrics():
             self.history.add(row)
         self._launch(lambda: resume(rd, subscribers=[self._on_event], stop_event=self.stop_event))
 
@@ -189,7 +122,8 @@ class TrainingMonitor(Panel):
                 self.run = target()
             except Exception as e:  # shown in the panel; the run folder holds the details
                 self.error = e
-                self.status.value = message("error", f"{type(e).__name__}: {e}")
+                notes = "".join(f"; {n}" for n in getattr(e, "__notes__", ()))
+                self.status.value = message("error", f"{type(e).__name__}: {e}{notes}")
             finally:
                 self.start_button.disabled = self.resume_button.disabled = False
         self.thread = threading.Thread(target=work, daemon=True, name="ftnb-train")
@@ -204,7 +138,7 @@ class TrainingMonitor(Panel):
             self.progress.max = max(1, h.total_steps)
             self.status.value = message("info", f"training: {ev.run.run_dir.path}")
         elif ev.kind in ("log", "eval", "probe"):
-            h.add({"step": ev.step, **ev.data})
+            h.add_event(ev.kind, ev.step, ev.data)
         elif ev.kind in ENDS:
             h.state, h.error = ev.kind, ev.data.get("error")
         for fn in list(self.listeners):
@@ -224,34 +158,18 @@ class TrainingMonitor(Panel):
         else:
             self.status.value = message("error", f"failed: {ev.data.get('error')}")
 
-    def _read_new(self, offset):
-        """Add the complete metric lines after byte `offset`; return the new offset."""
-        try:
-            with open(self.run_dir.metrics_path, "rb") as fh:
-                fh.seek(offset)
-                for raw in fh:
-                    if not raw.endswith(b"\n"):
-                        break
-                    offset += len(raw)
-                    try:
-                        self.history.add(json.loads(raw))
-                    except ValueError:
-                        pass
-        except FileNotFoundError:
-            pass
-        return offset
-
     def _status_from_disk(self):
         st = self.run_dir.status()
         h = self.history
         h.state, h.error = st.get("state", "unknown"), st.get("error")
         h.total_steps = st.get("total_steps") or h.total_steps
-        self.status.value = message("error" if h.state in ("failed", "interrupted") else "info",
+        self.status.value = message("error" if h.state in ("failed", "interrupted", "not responding", "unreadable")
+                                    else "info",
                                     f"{self.run_dir.path}: {h.state}" + (f" ({h.error})" if h.error else ""))
 
     def _follow(self, offset, interval=1.0):
         while not self.stop_event.wait(interval):
-            offset = self._read_new(offset)
+            offset = self.history.read_new(self.run_dir.metrics_path, offset)
             self._status_from_disk()
             self.redraw()
             if self.history.state != "running":
@@ -264,10 +182,9 @@ class TrainingMonitor(Panel):
             return
         h = self.history
         tr, va = h.train, h.val
-        x, loss = downsample(tr["step"], tr["loss"])
-        updates = {0: {"x": x, "y": loss}, 1: {"x": np.asarray(va["step"]), "y": np.asarray(va["val_loss"])}}
-        for i, key in ((2, "lr"), (3, "grad_norm")):
-            xs, ys = downsample(tr["step"], [np.nan if v is None else v for v in tr[key]])
+        updates = {1: {"x": np.asarray(va["step"]), "y": np.asarray(va["val_loss"], float)}}
+        for i, key in ((0, "loss"), (2, "lr"), (3, "grad_norm")):
+            xs, ys = h.series(key)
             updates[i] = {"x": xs, "y": ys}
         self.chart.update(updates, force=force)
         step = tr["step"][-1] if tr["step"] else 0
@@ -276,7 +193,7 @@ class TrainingMonitor(Panel):
         last = h.last
         parts = [f"step {step}/{total}"]
         if last.get("train_s") and step:
-            done = last.get("elapsed_s", 0)
+            done = last.get("elapsed_s") or 0
             if h.state == "running" and step < total:
                 parts.append(f"ETA {_mmss(done / step * (total - step))}")
             parts.append(f"elapsed {_mmss(done)}")
@@ -289,7 +206,7 @@ class TrainingMonitor(Panel):
         self.progress_label.value = " · ".join(parts)
         if h.samples:
             rows = "".join(f"<tr><td>{esc(s['prompt'])}</td><td>{esc(s['answer'])}</td></tr>" for s in h.samples)
-            self.samples.value = (f"<b>Sample answers at step {va['step'][-1]}</b><table style='font-size:0.9em'>"
+            self.samples.value = (f"<b>Sample answers at step {esc(va['step'][-1])}</b><table style='font-size:0.9em'>"
                                   f"<tr><th>prompt</th><th>answer</th></tr>{rows}</table>")
 
     def _build(self, static):
@@ -323,6 +240,8 @@ class TrainingMonitor(Panel):
 
 
 def _mmss(seconds):
+    if not np.isfinite(seconds):
+        return "?"
     seconds = int(seconds)
     return f"{seconds // 60}:{seconds % 60:02d}" if seconds < 3600 else f"{seconds // 3600}h{seconds % 3600 // 60:02d}"
 

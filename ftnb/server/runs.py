@@ -12,13 +12,11 @@ import stat
 import time
 from pathlib import Path
 
-from ..core.rundir import RunDir, read_json, summarize
+from ..core.rundir import MAX_JSON_BYTES, RunDir, read_untrusted_json, summarize
 
 MAX_DEPTH = 3  # runs are found in root/a, root/a/b and root/a/b/c
 MAX_DIRS = 20000  # a scan stops after this many folders, so a huge tree cannot stall the server
 SKIP_DIRS = {"node_modules", "checkpoints", "site-packages", "__pycache__"}
-MAX_JSON_BYTES = 4 << 20  # config.json and status.json larger than this are not read
-MAX_ERROR_CHARS = 2000
 
 
 class PathRefused(Exception):
@@ -114,29 +112,26 @@ def _json_safe(value):
 
 
 def summarize_run(run_path, rel):
-    """summarize() of one run, with its path relative to the runs root; an unreadable run reports why."""
+    """summarize() of one run (typed by the core's readers), with its path relative to the runs root; an unreadable
+    run reports why."""
     try:
         _key(run_path)
         s = summarize(RunDir(run_path))
-    except Exception as e:  # noqa: BLE001  a broken folder must not break the listing
+    except (OSError, ValueError) as e:  # not a regular file, too large, gone meanwhile
         s = {"name": run_path.name, "state": "unreadable", "step": 0, "total_steps": None, "loss": None,
              "val_loss": None, "retention": None, "elapsed_s": None, "error": str(e), "mtime": 0}
-    if isinstance(s.get("error"), str) and len(s["error"]) > MAX_ERROR_CHARS:
-        s["error"] = s["error"][:MAX_ERROR_CHARS] + "..."
     return _json_safe({**s, "path": rel})
 
 
 def read_config(run_path):
     """config.json as plain JSON (never loaded into code): (config, error)."""
+    config, why = read_untrusted_json(run_path / "config.json")
+    if why or config is None:
+        return None, why or "config.json is missing"
     try:
-        st = _regular(run_path / "config.json")
-        if st is None:
-            return None, "config.json is missing"
-        if st.st_size > MAX_JSON_BYTES:
-            return None, "config.json is too large"
-        return _json_safe(read_json(run_path / "config.json")), None
-    except Exception as e:  # noqa: BLE001
-        return None, str(e)
+        return _json_safe(config), None
+    except RecursionError:  # JSON that parsed may still be too deep to walk again
+        return None, "config.json is nested too deeply"
 
 
 class RunIndex:

@@ -1,5 +1,5 @@
 import ftnb
-from ftnb.core.compare import config_diff, pareto_front
+from ftnb.core.comparison import config_diff, pareto_front
 from ftnb.panels import RunComparison
 
 

@@ -2,7 +2,7 @@
 import json
 
 from ftnb.panels import ForgettingPanel, TrainingMonitor
-from ftnb.panels.monitor import MAX_POINTS
+from ftnb.core.metrics import MAX_POINTS
 
 
 def test_a_200k_line_history(tmp_path):

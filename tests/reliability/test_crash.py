@@ -21,7 +21,7 @@ SETTINGS = dict(model="tiny", epochs=3, batch_size=4, probe=False, save_every=2,
                 seed=3, learning_rate=1e-3)
 
 SCRIPT = """
-import json, os, signal, sys
+import importlib, json, os, signal, sys
 import torch
 import ftnb, ftnb.core.loss as L, ftnb.core.rundir as R
 out, name, mode, at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -38,11 +38,11 @@ if mode == "checkpoint":  # die halfway through writing a checkpoint's optimizer
     torch.save = save
 elif mode == "metrics":  # die in the middle of appending a metrics line
     real_append = R.RunDir.append_metrics
-    def append(self, row):
-        if row.get("step") == at and "loss" in row:
-            open(self.metrics_path, "a").write('{"step": %d, "loss": 1.2' % at)
+    def append(self, kind, step, data):
+        if step == at and kind == "train":
+            open(self.metrics_path, "a").write('{"kind": "train", "step": %d, "loss": 1.2' % at)
             die()
-        return real_append(self, row)
+        return real_append(self, kind, step, data)
     R.RunDir.append_metrics = append
 elif mode == "step":  # die inside a step, between two micro-batches' backward passes
     real_loss, n = L.loss_sum, [0]
@@ -52,7 +52,7 @@ elif mode == "step":  # die inside a step, between two micro-batches' backward p
             die()
         return real_loss(*a, **k)
     L.loss_sum = loss_sum
-    sys.modules["ftnb.core.train"].loss_sum = loss_sum  # the module (ftnb.core.train is also the function's name)
+    importlib.import_module("ftnb.core.train").loss_sum = loss_sum  # the module (ftnb.train is the function)
 elif mode == "prune":  # die halfway through deleting an old checkpoint (its optimizer state gone, the rest still there)
     real_rmtree = R.shutil.rmtree
     def rmtree(p, *a, **k):

@@ -1,22 +1,27 @@
-"""Comparing runs: their curves, how their configs differ, and the learning-versus-forgetting trade-off."""
-from .rundir import RunDir, read_json
+"""Comparing runs: their curves, how their configs differ, and the learning-versus-forgetting trade-off.
+(Not named `compare`: `ftnb.compare` is the function that compares base and tuned answers.)"""
+from . import metrics
+from .rundir import RunDir, read_untrusted_json
 
 
 def run_curves(path):
-    """{train: (steps, losses), val: (steps, val_losses), probe: [(step, summary)], config, status} of one run."""
+    """{train: (steps, losses), val: (steps, val_losses), probe: [(step, summary)], config, status, skipped} of one
+    run; `config` is config.json as plain JSON ({} when unreadable), `skipped` the odd metrics lines left out."""
     rd = RunDir(path)
     train, val, probe = ([], []), ([], []), []
-    for m in rd.metrics():
-        if "probe" in m:
+    rows, skipped = metrics.read(rd.metrics_path)
+    for m in rows:
+        if m["kind"] == "probe":
             probe.append((m["step"], m["probe"]))
-        elif "val_loss" in m:
+        elif m["kind"] == "eval":
             val[0].append(m["step"])
             val[1].append(m["val_loss"])
-        elif "loss" in m:
+        else:
             train[0].append(m["step"])
             train[1].append(m["loss"])
+    config = read_untrusted_json(rd.config_path)[0]
     return {"name": rd.path.name, "path": str(rd.path), "train": train, "val": val, "probe": probe,
-            "config": read_json(rd.config_path, default={}) or {}, "status": rd.status()}
+            "config": config if isinstance(config, dict) else {}, "status": rd.status(), "skipped": skipped}
 
 
 def config_diff(configs):
