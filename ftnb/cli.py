@@ -40,6 +40,12 @@ def _add_config_flags(p):
                            help=f"{help_} [default: {default}]")
 
 
+def _add_trust_flag(p):
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow Python code shipped with the run's model (a run folder's own config cannot turn this "
+                        "on: only for runs and models you trust)")
+
+
 def _config_from_args(args):
     base = {}
     if args.config:
@@ -64,7 +70,7 @@ def cmd_train(args):
 
 def cmd_resume(args):
     from .core.train import resume
-    run = resume(args.run, progress=True)
+    run = resume(args.run, progress=True, force=args.force, trust_remote_code=args.trust_remote_code)
     if run.main:  # one line from a multi-process run, not one per process
         print(f"run directory: {run.run_dir.path}  ({run.state})")
 
@@ -90,14 +96,14 @@ def cmd_runs(args):
 
 def cmd_generate(args):
     from .core.train import load_run
-    run = load_run(args.run)
+    run = load_run(args.run, trust_remote_code=args.trust_remote_code)
     for p, a in zip(args.prompts, run.generate(args.prompts, args.max_new_tokens)):
         print(f"> {p}\n{a}\n")
 
 
 def cmd_export(args):
     from .core.export import export
-    res = export(args.run, args.merge, merge=True)
+    res = export(args.run, args.merge, merge=True, trust_remote_code=args.trust_remote_code)
     print(f"wrote {res['out']} (merged: {res['merged']}); verified on {len(res['prompts'])} prompts: "
           f"max logit difference to the tuned model {res['max_logit_gap']:.2e}"
           + (f" (the base model differs by {res['base_vs_tuned_gap']:.2f})" if res["base_vs_tuned_gap"] else ""))
@@ -108,7 +114,7 @@ def cmd_probe(args):
     from .core.rundir import RunDir
     from .core.probe_saved import probe_model, probe_run
     if RunDir(args.target).config_path.exists():
-        summary = probe_run(args.target, items=args.items)
+        summary = probe_run(args.target, items=args.items, trust_remote_code=args.trust_remote_code)
     else:
         summary = probe_model(args.target, base=args.base, items=args.items)
     print(format_summary(summary))
@@ -158,6 +164,10 @@ def main(argv=None):
     p = sub.add_parser("resume", help="continue a stopped or interrupted run from its last checkpoint",
                        epilog=SEVERAL_PROCESSES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run")
+    p.add_argument("--force", action="store_true",
+                   help="take the run over although its lock names another process (one that is gone for good, e.g. "
+                        "on a machine that was shut down or preempted)")
+    _add_trust_flag(p)
     p.set_defaults(fn=cmd_resume)
 
     p = sub.add_parser("stop", help="ask a running run to checkpoint and stop")
@@ -172,17 +182,20 @@ def main(argv=None):
     p.add_argument("run")
     p.add_argument("prompts", nargs="+")
     p.add_argument("--max-new-tokens", type=int, default=64)
+    _add_trust_flag(p)
     p.set_defaults(fn=cmd_generate)
 
     p = sub.add_parser("probe", help="measure forgetting: a run against its base model, or a model")
     p.add_argument("target", help="a run directory, or a model (name or folder)")
     p.add_argument("--base", help="for a model: the model it was tuned from (default: compare with itself)")
     p.add_argument("--items", help="your own probe items (JSONL), added to the bundled set")
+    _add_trust_flag(p)
     p.set_defaults(fn=cmd_probe)
 
     p = sub.add_parser("export", help="merge a LoRA run into a standard transformers folder and verify it")
     p.add_argument("run")
     p.add_argument("--merge", required=True, metavar="OUT", help="folder to write (must not exist)")
+    _add_trust_flag(p)
     p.set_defaults(fn=cmd_export)
 
     args = parser.parse_args(argv)

@@ -105,6 +105,9 @@ def root(tmp_path_factory):
     (root / "runs" / "broken").mkdir()
     (root / "runs" / "broken" / "config.json").write_text("{}")
     (root / "runs" / "broken" / "status.json").write_text("{not json")
+    (root / "runs" / "nested").mkdir()  # 2 KB of brackets: deeper than the JSON reader recurses
+    (root / "runs" / "nested" / "config.json").write_text("{}")
+    (root / "runs" / "nested" / "status.json").write_text("[" * 2048)
     (root / "plain-folder").mkdir()
     # outside the root: a run the server must never read or stop, reached through symlinks
     outside = fake_run(base / "outside" / "secret-run", state="running", config={"secret": "do not serve"})
@@ -150,7 +153,8 @@ def server(root, tmp_path_factory):
 def test_listing_finds_runs_with_paths_relative_to_the_root(server):
     runs, data = server.listing()
     assert data["root"] == ""
-    assert {"runs/trained", "runs/alive", "a/b/deep", "runs/nan", "runs/broken"} <= set(runs)
+    assert {"runs/trained", "runs/alive", "a/b/deep", "runs/nan", "runs/broken", "runs/nested"} <= set(runs)
+    assert runs["runs/nested"]["state"] == runs["runs/broken"]["state"] == "unreadable"
     assert not any(p.startswith((".hidden", "node_modules", "link-out")) or "too-deep" in p for p in runs)
     assert "plain-folder" not in runs
     trained = runs["runs/trained"]
@@ -235,6 +239,23 @@ def test_stop_of_a_run_that_is_not_running_is_409(server, root):
     status, data, _ = server.post("/ftnb/runs/runs/trained/stop")
     assert status == 409 and "not running" in data["message"]
     assert not (root / "runs" / "trained" / "STOP").exists()
+
+
+def test_stop_never_follows_a_symlinked_status(server, root, tmp_path_factory):
+    """Like GET, the stop reads status.json only as a small regular file: no field of an outside file in the answer,
+    no 300 MB read."""
+    outside = tmp_path_factory.mktemp("outside-status")
+    (outside / "status.json").write_text(json.dumps({"state": "TOP-SECRET-VALUE", "step": 1}))
+    with open(outside / "huge.json", "wb") as fh:
+        fh.truncate(300 << 20)
+    for name, target in (("linked-status", outside / "status.json"), ("huge-status", outside / "huge.json")):
+        run = fake_run(root / "runs" / name, state="running")
+        (run / "status.json").unlink()
+        (run / "status.json").symlink_to(target)
+        status, data, _ = server.post(f"/ftnb/runs/runs/{name}/stop")
+        assert status == 409 and "unreadable" in data["message"], (name, status, data)
+        assert "TOP-SECRET" not in json.dumps(data) and not (run / "STOP").exists()
+        assert "TOP-SECRET" not in json.dumps(server.get(f"/ftnb/runs/runs/{name}")[1])
 
 
 def test_a_dead_training_process_shows_as_interrupted(server, root):

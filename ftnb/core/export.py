@@ -27,13 +27,14 @@ def max_logit_gap(a, b):
     return max(float((x - y).abs().max()) for x, y in zip(a, b))
 
 
-def export(run_dir, out, merge=True, prompts=CHECK_PROMPTS, tolerance=1e-3, overwrite=False):
-    """Write the run's model to `out` (merged when it is a LoRA run) and verify it. Returns a dict of what was done."""
+def export(run_dir, out, merge=True, prompts=CHECK_PROMPTS, tolerance=1e-3, overwrite=False, trust_remote_code=False):
+    """Write the run's model to `out` (merged when it is a LoRA run) and verify it. Returns a dict of what was done.
+    `trust_remote_code`: allow the model's own Python code (never taken from the run folder)."""
     from transformers import AutoModelForCausalLM
     out = Path(out).expanduser()
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise RunError(f"{out} exists and is not empty; choose a new folder (nothing was written)")
-    run = load_run(run_dir, device="cpu")
+    run = load_run(run_dir, device="cpu", trust_remote_code=trust_remote_code)
     model, tok = run.model, run.tokenizer
     reference = _logits(model, tok, prompts)
     is_lora = hasattr(model, "merge_and_unload")
@@ -53,7 +54,8 @@ def export(run_dir, out, merge=True, prompts=CHECK_PROMPTS, tolerance=1e-3, over
     if out.exists() and overwrite:
         shutil.rmtree(out)
     atomic_dir(out, write)
-    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, use_safetensors=True)
+    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, use_safetensors=True,
+                                                    trust_remote_code=trust_remote_code)
     gap = max_logit_gap(reference, _logits(reloaded, tok, prompts))
     if not gap <= tolerance * max(1.0, max(float(r.abs().max()) for r in reference)):
         raise RunError(f"the exported model's logits differ from the tuned model's by {gap:.3g}; {out} is not "

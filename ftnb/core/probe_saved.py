@@ -5,9 +5,9 @@ from .probe import ProbeSuite, run_probe, summarize
 from .train import load_run
 
 
-def probe_run(run_dir, items=None):
+def probe_run(run_dir, items=None, trust_remote_code=False):
     """The forgetting summary of a run's final (or latest) weights against its base model."""
-    run = load_run(run_dir)
+    run = load_run(run_dir, trust_remote_code=trust_remote_code)
     suite = ProbeSuite.default(items or run.config.probe_items or None)
     saved = read_baseline(run.run_dir.path / "probe", suite)
     if saved:
@@ -15,7 +15,8 @@ def probe_run(run_dir, items=None):
     elif hasattr(run.model, "disable_adapter"):
         baseline = probe_baseline(run.model, run.tokenizer, suite, resolve_model(run.config.model))[0]
     else:
-        base, tok, path = load_model(run.config.model, next(run.model.parameters()).device)
+        base, tok, path = load_model(run.config.model, next(run.model.parameters()).device,
+                                     trust_remote_code=trust_remote_code)
         baseline = probe_baseline(base, tok, suite, path)[0]
         del base
     return summarize(suite, run_probe(run.model, run.tokenizer, suite, baseline=baseline), baseline)

@@ -64,6 +64,8 @@ class TrainingMonitor(Panel):
         self.status.value = message("info", "stopping after this step...")
 
     def resume(self):
+        """Continue the shown run from its last checkpoint. Its model's own code runs only when this session's
+        settings (the form's, or config=) allow it: a run folder cannot."""
         if self.running:
             return
         if self.run_dir is None:
@@ -74,7 +76,10 @@ class TrainingMonitor(Panel):
         self.history = History()
         for row in self.run_dir.metrics():
             self.history.add(row)
-        self._launch(lambda: resume(rd, subscribers=[self._on_event], stop_event=self.stop_event))
+        settings = self.form.config if self.form is not None else self.config
+        trust = bool(settings and settings.trust_remote_code)
+        self._launch(lambda: resume(rd, subscribers=[self._on_event], stop_event=self.stop_event,
+                                    trust_remote_code=trust))
 
     def wait(self, timeout=None):
         """Block until the training thread ends (for scripts and tests)."""

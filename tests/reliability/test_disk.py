@@ -38,10 +38,10 @@ def test_checkpoint_write_fails(tiny_cfg, qa_data, monkeypatch, err):
 def test_metrics_write_fails(tiny_cfg, qa_data, monkeypatch):
     real = RunDir.append_metrics
 
-    def append(self, row):
-        if row.get("step") == 3:
+    def append(self, kind, step, data):
+        if step == 3:
             raise PermissionError(errno.EACCES, "Permission denied")
-        return real(self, row)
+        return real(self, kind, step, data)
     monkeypatch.setattr(RunDir, "append_metrics", append)
     with pytest.raises(RunError, match="could not write to the run folder.*Permission denied"):
         ftnb.train(tiny_cfg, qa_data, run_name="ro", save_every=2, probe=False)
