@@ -32,17 +32,54 @@ def chat_segments(tokenizer, messages):
         return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen) if msgs else ""
 
     full = render(messages)
+    answers = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    bounds = _window_bounds(render, messages, answers, full)
+    if bounds is None:
+        bounds = _prefix_bounds(render, messages, answers, full)
     segments, pos = [], 0
-    for i, m in enumerate(messages):
-        if m["role"] != "assistant":
-            continue
-        start, end = len(render(messages[:i], gen=True)), len(render(messages[:i + 1]))
-        if not (pos <= start <= end <= len(full)):
-            raise RowProblem(0, f"messages[{i}]", "the chat template does not render this conversation incrementally")
+    for start, end in bounds:
         segments += [(full[pos:start], False), (full[start:end], True)]
         pos = end
     segments.append((full[pos:], False))
     return [(t, a) for t, a in segments if t]
+
+
+def _prefix_bounds(render, messages, answers, full):
+    """(start, end) of each answer in `full`: the lengths of the conversation rendered up to it (quadratic)."""
+    bounds, pos = [], 0
+    for i in answers:
+        start, end = len(render(messages[:i], gen=True)), len(render(messages[:i + 1]))
+        if not (pos <= start <= end <= len(full)):
+            raise RowProblem(0, f"messages[{i}]", "the chat template does not render this conversation incrementally")
+        bounds.append((start, end))
+        pos = end
+    return bounds
+
+
+def _window_bounds(render, messages, answers, full):
+    """The same bounds in linear time: each answer is rendered after only the exchange before it (and the system
+    message). None when those renders do not piece together into `full`: the template looks further back (turn
+    numbers, the last user message...), and only the quadratic renders are right."""
+    head = messages[:1] if messages and messages[0]["role"] == "system" else []
+    bounds, pos, context, after_prev = [], 0, [], 0
+    for j, i in enumerate(answers):
+        if j:  # the exchange before: from the answer before the previous one (or the system message) to it
+            after_prev = answers[j - 1] + 1
+            since = answers[j - 2] + 1 if j > 1 else len(head)
+            context = head + messages[since:after_prev]
+        try:
+            base = render(context)
+            prompt = render(context + messages[after_prev:i], gen=True)
+            turn = render(context + messages[after_prev:i + 1])
+        except Exception:  # a template may refuse a conversation cut this way; the quadratic renders decide
+            return None
+        start, end = pos + len(prompt) - len(base), pos + len(turn) - len(base)
+        if not (prompt.startswith(base) and turn.startswith(base) and pos <= start <= end
+                and full[pos:start] == prompt[len(base):] and full[pos:end] == turn[len(base):]):
+            return None
+        bounds.append((start, end))
+        pos = end
+    return bounds
 
 
 def tokenize_example(tokenizer, example, max_seq_len, train_on="assistant"):
@@ -53,7 +90,9 @@ def tokenize_example(tokenizer, example, max_seq_len, train_on="assistant"):
         pieces, eos = chat_segments(tokenizer, example.messages), []
     ids, mask = [], []
     for text, trained in pieces:
-        t = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) > max_seq_len:  # one token past the limit is enough to know the example is truncated
+            break
+        t = first_tokens(tokenizer, text, max_seq_len + 1 - len(ids))
         ids += t
         mask += [trained or train_on == "all"] * len(t)
     ids += eos
@@ -66,6 +105,20 @@ def tokenize_example(tokenizer, example, max_seq_len, train_on="assistant"):
         raise RowProblem(example.row, "messages", f"over the length limit: the answer starts after token {first}, "
                                                   f"beyond max_seq_len={max_seq_len}" if truncated else "nothing to train on")
     return Tokenized(ids, mask, example.row, truncated)
+
+
+CUT_SLACK = 16  # tokens dropped before a cut in the text: the last ones can merge differently than in the whole text
+
+
+def first_tokens(tokenizer, text, n):
+    """The first n tokens of `text` (all of them if it has fewer), tokenising only a prefix of a long text."""
+    chars = 8 * (n + CUT_SLACK)
+    while chars < len(text):
+        ids = tokenizer(text[:chars], add_special_tokens=False)["input_ids"]
+        if len(ids) >= n + CUT_SLACK:
+            return ids[:n]
+        chars *= 2
+    return tokenizer(text, add_special_tokens=False)["input_ids"][:n]
 
 
 def tokenize_data(data, tokenizer, max_seq_len, train_on="assistant"):
