@@ -15,11 +15,12 @@ import torch
 
 from .batching import pack, tokenize_data
 from .data import bundled, load_examples
+from .durable import write_atomic, write_json
 from .generate import base_model_context
 from .loss import split_head
 from .models import cache_dir, load_model, pick_device, resolve_model
 from .probe import ProbeSuite, run_probe, summarize, topk_kl
-from .rundir import read_json, write_atomic, write_json
+from .rundir import read_json
 
 
 def model_identity(path):

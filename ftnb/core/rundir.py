@@ -17,55 +17,13 @@ import json
 import os
 import shutil
 import socket
-import tempfile
 import time
 from pathlib import Path
 
+from .durable import SWAPPED, remove_dir, restore_swapped, write_json, write_text
 from .errors import RunError
 
 STATES = ("running", "finished", "stopped", "failed")
-
-
-def remove_dir(path):
-    """Delete a folder so that no reader ever sees part of it: renamed to a hidden `.old-` name first (atomic),
-    then removed. A process killed mid-delete leaves only the hidden folder, which clean_partial clears."""
-    path = Path(path)
-    doomed = path.with_name(f".old-{path.name}-{os.getpid()}")
-    os.replace(path, doomed)
-    shutil.rmtree(doomed, ignore_errors=True)
-
-
-def write_json(path, obj):
-    write_text(path, json.dumps(obj, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
-
-
-def write_text(path, text):
-    write_atomic(path, lambda fh: fh.write(text.encode("utf-8")))
-
-
-def write_atomic(path, write):
-    """Call write(binary file) on a temporary file beside `path`, then rename it to `path`: readers see the old file
-    or the new one, never half of one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with _quiet():
-            os.unlink(tmp)
-        raise
-
-
-class _quiet:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return exc[0] is not None and issubclass(exc[0], OSError)
 
 
 def read_json(path, default=None):
@@ -220,11 +178,14 @@ class RunDir:
             self.lock_path.unlink(missing_ok=True)
 
     def clean_partial(self):
-        """Remove what a process killed mid-write left: temporary checkpoint folders and temporary JSON files."""
+        """Finish what a process killed mid-write left: a folder swapped out by atomic_dir goes back if its
+        replacement never arrived; temporary folders, half-deleted folders and temporary JSON files are removed."""
         for folder in (self.path, self.checkpoints_path):
             if folder.is_dir():
-                for p in folder.iterdir():
-                    if p.name.startswith((".tmp-", ".old-")) and p.is_dir():
+                for p in list(folder.iterdir()):
+                    if p.name.startswith(SWAPPED) and p.is_dir():
+                        restore_swapped(p.with_name(p.name[len(SWAPPED):]))
+                    elif p.name.startswith((".tmp-", ".old-")) and p.is_dir():
                         shutil.rmtree(p, ignore_errors=True)
                     elif p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file():
                         p.unlink(missing_ok=True)

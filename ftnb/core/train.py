@@ -24,6 +24,7 @@ from .batching import StepPlan, pack, tokenize_data
 from .config import TrainConfig
 from .data import ChatData, DataReport, load_examples
 from .distributed import Processes
+from .durable import atomic_dir, write_json, write_text
 from .errors import ConfigError, DataError, RunError
 from .events import EventBus, RunDirWriter
 from .forgetting import L2SP, ForgettingProbe, KLToBase, replay_examples
@@ -31,7 +32,7 @@ from .generate import compare, generate
 from .loss import StepLoss, loss_sum, split_head
 from .models import (DEFAULT_HUB_ID, LOAD_LOCK, apply_lora, check_safe_folder, decoder_layers, load_model,
                      load_tokenizer, pick_device, resolve_model)
-from .rundir import RunDir, write_json, write_text
+from .rundir import RunDir
 
 COMPILE_BACKEND = "inductor"  # for `compile=True`; tests use "aot_eager" (same graph capture, no code generation)
 
@@ -506,7 +507,7 @@ def _fit(run, cfg, run_dir, bus, subscribers, progress, device, model_path, resu
     elif procs.main:
         out = run_dir.path / ("adapter" if cfg.method == "lora" else "model")
         base_name = DEFAULT_HUB_ID if cfg.model == "default" else model_path if cfg.model == "tiny" else cfg.model
-        ckpt.atomic_dir(out, lambda tmp: ckpt.save_weights(model, tok, tmp, base_name, weights))
+        atomic_dir(out, lambda tmp: ckpt.save_weights(model, tok, tmp, base_name, weights))
         bus.emit("finished", step, run, output=str(out), best_checkpoint=run.best_checkpoint)
     procs.barrier()  # when train() returns on any process, the run's files are written
     return run
