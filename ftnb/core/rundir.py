@@ -191,9 +191,12 @@ class RunDir:
                         p.unlink(missing_ok=True)
 
     def prune_checkpoints(self, keep, protect=()):
+        """Remove all but the `keep` newest checkpoints, sparing those in `protect` and the newest one whose weights
+        were checked finite when saved (a run that diverged keeps one to resume from)."""
         cks = self.checkpoints()
+        finite = next((s for s, p in reversed(cks) if read_json(p / "trainer_state.json", {}).get("finite")), None)
         for step, p in cks[:-keep] if keep else cks:
-            if step not in protect:
+            if step not in protect and step != finite:
                 remove_dir(p)  # a kill mid-delete must not leave a checkpoint that looks complete but is not
 
 
