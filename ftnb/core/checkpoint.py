@@ -1,13 +1,12 @@
-"""Saving and restoring training state: written to a temporary folder and renamed, so a checkpoint is whole or absent."""
+"""Saving and restoring training state: written to a temporary folder, synced and renamed (durable.atomic_dir), so a
+checkpoint is whole or absent."""
 import json
-import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
+from .durable import atomic_dir
 from .errors import RunError
 
 
@@ -24,31 +23,6 @@ def save_weights(model, tokenizer, out, base_name=None, state_dict=None):
     model.save_pretrained(out, safe_serialization=True, **kw)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
-
-
-def atomic_dir(final, write):
-    """Call write(tmp_folder), then rename it to `final` (replacing an older one). Disk errors say what happened."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-"))
-    try:
-        write(tmp)
-        if final.exists():
-            old = final.with_name(f".old-{final.name}")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)  # already hidden: a kill here leaves it for clean_partial
-        else:
-            os.replace(tmp, final)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise RunError(f"could not write {final}: {e.strerror or e} (disk full or read-only?); "
-                       "earlier checkpoints are intact") from e
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
 
 
 def save_checkpoint(folder, model, optimizer, scheduler, state, whole=None):

@@ -196,7 +196,7 @@ class TrainConfig:
         return self.from_dict({**self.to_dict(), **changes})
 
     def save(self, path):
-        from .rundir import write_json
+        from .durable import write_json
         write_json(path, self.to_dict())
 
     @classmethod

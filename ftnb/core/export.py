@@ -3,12 +3,11 @@
 Other tools often hand back a "merged" model that behaves like the base model (the adapter was lost on the way).
 Before we report success the folder is loaded back from disk and its logits are compared with the adapter model's.
 """
-import shutil
 from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_dir
+from .durable import atomic_dir
 from .errors import RunError
 from .train import load_run
 
@@ -51,9 +50,8 @@ def export(run_dir, out, merge=True, prompts=CHECK_PROMPTS, tolerance=1e-3, over
         merged.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
 
-    if out.exists() and overwrite:
-        shutil.rmtree(out)
-    atomic_dir(out, write)
+    # the new folder is written whole before it takes the old one's place: a failed write leaves the old export
+    atomic_dir(out, write, intact=f"{out} is as it was" if out.exists() else "nothing was written")
     reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, use_safetensors=True,
                                                     trust_remote_code=trust_remote_code)
     gap = max_logit_gap(reference, _logits(reloaded, tok, prompts))

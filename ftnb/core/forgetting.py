@@ -14,14 +14,15 @@ from pathlib import Path
 
 import torch
 
+from . import metrics
 from .batching import pack, tokenize_data
 from .data import bundled, load_examples
+from .durable import write_atomic, write_json
 from .generate import base_model_context
 from .loss import split_head
 from .models import cache_dir
 from .probe import ProbeSuite, run_probe, summarize, topk_kl
-from . import metrics
-from .rundir import read_json, read_untrusted_json, write_atomic, write_json
+from .rundir import read_json, read_untrusted_json
 
 # probe/step-N.json as the panels read it back: typed, since a run folder may come from anyone
 ANSWER = metrics.record({"question": metrics.text, "answer": metrics.text, "ok": metrics.boolean},

@@ -10,7 +10,6 @@ import importlib.util
 import logging
 import os
 import shutil
-import tempfile
 import threading
 import urllib.request
 import warnings
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .durable import apply_umask, new_temp_dir
 from .errors import ModelNotFoundError
 
 log = logging.getLogger(__name__)
@@ -93,11 +93,12 @@ def convert_gguf(gguf, out):
         del model.config.quantization_config
     model.config._name_or_path = DEFAULT_HUB_ID
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    tmp = new_temp_dir(out.parent, f".{out.name}.")
     try:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / "SOURCE.txt").write_text(f"de-quantised from {gguf}\n")
+        apply_umask(tmp)
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -280,9 +281,10 @@ def build_tiny_model(out, seed=0):
     torch.random.set_rng_state(state)
     model.generation_config.pad_token_id = tok.pad_token_id
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    tmp = new_temp_dir(out.parent, f".{out.name}.")
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
+    apply_umask(tmp)
     try:
         os.replace(tmp, out)
     except OSError:  # another process built it first

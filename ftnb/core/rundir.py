@@ -16,16 +16,17 @@ This module owns status.json and run.lock. Every JSON file is written to a tempo
 may come from anyone: what is read from it is typed here (a field of the wrong type reads as missing), files are
 read only when they are regular files (no symlink) of bounded size, and no reader raises on a corrupt file.
 """
+import contextlib
 import json
 import os
 import shutil
 import socket
 import stat
-import tempfile
 import time
 from pathlib import Path
 
 from . import metrics
+from .durable import SWAPPED, new_file, remove_dir, restore_swapped, write_json, write_text
 from .errors import RunError
 
 STATES = ("running", "finished", "stopped", "failed")
@@ -33,48 +34,6 @@ HEARTBEAT_S = 10.0  # how often a running run refreshes status.json's `updated` 
 MAX_JSON_BYTES = 4 << 20  # status.json, run.lock and other small JSON files larger than this are not read
 MAX_ERROR_CHARS = 2000
 LOCK_WRITE_WINDOW_S = 2.0  # an unreadable run.lock younger than this may be an older ftnb between create and write
-
-
-def remove_dir(path):
-    """Delete a folder so that no reader ever sees part of it: renamed to a hidden `.old-` name first (atomic),
-    then removed. A process killed mid-delete leaves only the hidden folder, which clean_partial clears."""
-    path = Path(path)
-    doomed = path.with_name(f".old-{path.name}-{os.getpid()}")
-    os.replace(path, doomed)
-    shutil.rmtree(doomed, ignore_errors=True)
-
-
-def write_json(path, obj):
-    write_text(path, json.dumps(obj, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
-
-
-def write_text(path, text):
-    write_atomic(path, lambda fh: fh.write(text.encode("utf-8")))
-
-
-def write_atomic(path, write):
-    """Call write(binary file) on a temporary file beside `path`, then rename it to `path`: readers see the old file
-    or the new one, never half of one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with _quiet():
-            os.unlink(tmp)
-        raise
-
-
-class _quiet:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return exc[0] is not None and issubclass(exc[0], OSError)
 
 
 def read_json(path, default=None):
@@ -346,7 +305,7 @@ class RunDir:
         except FileNotFoundError:
             return
         if aside.read_bytes()[:MAX_JSON_BYTES] != held["raw"]:  # a fresh lock: put it back
-            with _quiet():
+            with contextlib.suppress(OSError):
                 os.link(aside, self.lock_path)
         aside.unlink(missing_ok=True)
 
@@ -357,31 +316,42 @@ class RunDir:
 
     def heartbeat(self):
         """Show this run's writer is alive: touch the lock (readers on other hosts judge it by its age)."""
-        with _quiet():
+        with contextlib.suppress(OSError):
             os.utime(self.lock_path)
 
     def clean_partial(self):
-        """Remove what a process killed mid-write left: temporary checkpoint folders and temporary JSON files."""
+        """Finish what a process killed mid-write left: a folder swapped out by atomic_dir goes back if its
+        replacement never arrived; temporary folders, half-deleted folders and temporary JSON files are removed."""
         for folder in (self.path, self.checkpoints_path):
             if folder.is_dir():
-                for p in folder.iterdir():
-                    if p.name.startswith((".tmp-", ".old-")) and p.is_dir():
+                for p in list(folder.iterdir()):
+                    if p.name.startswith(SWAPPED) and p.is_dir():
+                        restore_swapped(p.with_name(p.name[len(SWAPPED):]))
+                    elif p.name.startswith((".tmp-", ".old-")) and p.is_dir():
                         shutil.rmtree(p, ignore_errors=True)
                     elif p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file():
                         p.unlink(missing_ok=True)
 
     def prune_checkpoints(self, keep, protect=()):
+        """Remove all but the `keep` newest checkpoints, sparing those in `protect` and the newest one whose weights
+        were checked finite when saved (a run that diverged keeps one to resume from)."""
         cks = self.checkpoints()
+        finite = next((s for s, p in reversed(cks) if _marked_finite(p)), None)
         for step, p in cks[:-keep] if keep else cks:
-            if step not in protect:
+            if step not in protect and step != finite:
                 remove_dir(p)  # a kill mid-delete must not leave a checkpoint that looks complete but is not
+
+
+def _marked_finite(checkpoint):
+    state, _ = read_untrusted_json(checkpoint / "trainer_state.json")
+    return isinstance(state, dict) and state.get("finite") is True
 
 
 def _create_exclusive(path, text):
     """Create `path` holding `text` if it does not exist, atomically: readers never see it empty or half written
     (a complete temporary file is hard-linked to the name). False when it exists."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = new_file(path.parent, f".{path.name}.", ".tmp")
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)

@@ -25,6 +25,7 @@ from .batching import StepPlan, pack, tokenize_data
 from .config import TrainConfig
 from .data import ChatData, DataReport, load_examples
 from .distributed import Processes
+from .durable import atomic_dir, write_json, write_text
 from .errors import ConfigError, DataError, RunError
 from .events import EventBus, RunDirWriter
 from .forgetting import L2SP, ForgettingProbe, KLToBase, replay_examples
@@ -32,7 +33,7 @@ from .generate import compare, generate
 from .loss import StepLoss, loss_sum, split_head
 from .models import (DEFAULT_HUB_ID, LOAD_LOCK, apply_lora, check_safe_folder, decoder_layers, load_model,
                      load_tokenizer, pick_device, resolve_model)
-from .rundir import RunDir, write_json, write_text
+from .rundir import RunDir
 
 COMPILE_BACKEND = "inductor"  # for `compile=True`; tests use "aot_eager" (same graph capture, no code generation)
 
@@ -439,14 +440,30 @@ def _fit(run, cfg, run_dir, bus, subscribers, progress, device, model_path, resu
         bus.emit("start", step, run, total_steps=plan.total_steps, steps_per_epoch=plan.steps_per_epoch,
                  resumed=resume_from is not None, device=str(device), micro_batch_tokens=max_tokens)
 
+    intact = state["step"] if resume_from is not None else None  # the newest checkpoint known to be finite
+
+    def diverged(what):
+        kept = "no checkpoint was saved before it" if intact is None else f"the checkpoint of step {intact} is intact"
+        return RunError(f"{what}: training diverged. Lower learning_rate (now {cfg.learning_rate}), keep max_grad_norm "
+                        f"> 0, or add warmup_steps; {kept}")
+
     def save(step, end=False):  # on every process (FSDP gathers the state to process 0); returns FSDP's weights
+        nonlocal intact
+        # a checkpoint of diverged weights would push the last good one out: every process checks the loss since the
+        # last log line and its weights (FSDP: its shards), and all take the same decision
+        local = [p.to_local() if hasattr(p, "to_local") else p for p in params]
+        bad_loss, bad_weights = procs.total(float(not torch.isfinite(run_loss)),
+                                            float(not all(torch.isfinite(p).all() for p in local)))
+        if bad_loss or bad_weights:
+            raise diverged(f"the {'loss' if bad_loss else 'weights'} became non-finite by step {step}")
         whole = procs.whole_state(model, optimizer)
         if procs.main:
             state.update(step=step, elapsed_s=time.perf_counter() - t_start)
             folder = ckpt.save_checkpoint(run_dir.checkpoints_path / f"step-{step}", model, optimizer, scheduler,
-                                          state, whole)
+                                          {**state, "finite": True}, whole)
             run_dir.prune_checkpoints(cfg.keep_checkpoints, protect={run.best_checkpoint})
             bus.emit("checkpoint", step, run, path=str(folder), end=end)
+        intact = step
         return whole and whole[0]
 
     def validate(step):
@@ -507,9 +524,7 @@ def _fit(run, cfg, run_dir, bus, subscribers, progress, device, model_path, resu
             log_train_s += time.perf_counter() - t0
             state["train_s"] += log_train_s
             if not math.isfinite(loss_value):
-                raise RunError(f"the loss became {loss_value} at step {step}: training diverged. Lower learning_rate "
-                               f"(now {cfg.learning_rate}), keep max_grad_norm > 0, or add warmup_steps; "
-                               "the last checkpoint before it is intact")
+                raise diverged(f"the loss became {loss_value} at step {step}")
             row = {"epoch": round(plan.epoch_of(step), 4), "loss": loss_value, "lr": scheduler.get_last_lr()[0],
                    "grad_norm": float(grad_norm), "tokens": state["tokens"], "targets": state["targets"],
                    "tokens_per_s": round(log_tokens / max(log_train_s, 1e-9), 1),
@@ -542,7 +557,7 @@ def _fit(run, cfg, run_dir, bus, subscribers, progress, device, model_path, resu
     elif procs.main:
         out = run_dir.path / ("adapter" if cfg.method == "lora" else "model")
         base_name = DEFAULT_HUB_ID if cfg.model == "default" else model_path if cfg.model == "tiny" else cfg.model
-        ckpt.atomic_dir(out, lambda tmp: ckpt.save_weights(model, tok, tmp, base_name, weights))
+        atomic_dir(out, lambda tmp: ckpt.save_weights(model, tok, tmp, base_name, weights))
         bus.emit("finished", step, run, output=str(out), best_checkpoint=run.best_checkpoint)
     procs.barrier()  # when train() returns on any process, the run's files are written
     return run

@@ -9,8 +9,8 @@ import plotly.graph_objects as go
 from ..core.batching import chat_segments, tokenize_example
 from ..core.data import FORMAT_COLUMNS, ChatData, DataReport, RowProblem, load_examples, load_examples_from_bytes, \
     normalise
+from ..core.durable import write_text
 from ..core.errors import DataError
-from ..core.rundir import write_text
 from ._common import LiveChart, Panel, esc, message, plural
 
 PAGE = 10
