@@ -47,8 +47,8 @@ def probe_cost(run, metrics):
     """How much of the training time the probe added (a baseline taken from the cache costs nothing), from the run's
     metrics lines."""
     from .core.rundir import read_json
-    logs = [m for m in metrics if "loss" in m]
-    spent = sum(m["probe"]["seconds"] for m in metrics if "probe" in m and m["step"] > 0)
+    logs = [m for m in metrics if m["kind"] == "train"]
+    spent = sum(m["probe"]["seconds"] or 0 for m in metrics if m["kind"] == "probe" and m["step"] > 0)
     base = read_json(run.run_dir.path / "probe" / "baseline.json", default={}) or {}
     if base and not base.get("cached"):
         spent += base["result"]["seconds"]["total"]
@@ -79,12 +79,12 @@ def run_demo(output_dir="runs", epochs=None, model="default", out=print):
                         "first_ok": answer_ok(rows[0]["tuned"], items[0]["expect"])}
     r, g = report["restaurant"], report["general"]
     metrics = run.metrics()  # read once: validation, probe and timing lines
-    val = [m["val_loss"] for m in metrics if "val_loss" in m]
+    val = [m["val_loss"] for m in metrics if m["kind"] == "eval"]
     out(f"restaurant facts: {r['after']}/{r['n']} answered correctly after training ({r['before']}/{r['n']} before)")
     out(f"general questions: {g['after']}/{g['n']} still correct ({g['before']}/{g['n']} before)")
     if val:
         out(f"validation loss: {val[0]:.3f} after epoch 1, {val[-1]:.3f} at the end")
-    probes = [m for m in metrics if "probe" in m]
+    probes = [m for m in metrics if m["kind"] == "probe"]
     if probes:
         out("\nforgetting probe (general knowledge, step 0 against the end):\n" + format_summary(probes[-1]["probe"]))
         out(probe_cost(run, metrics))
@@ -159,7 +159,7 @@ def run_forgetting_demo(output_dir="runs-forgetting", model="default", out=print
     for name, cfg in contrast_configs(output_dir=output_dir, model=model).items():
         out(f"\n== {name}: {cfg.method}, learning rate {cfg.learning_rate:g}, {cfg.epochs:g} epochs")
         runs[name] = train(cfg, progress=True)
-        last = [m["probe"] for m in runs[name].metrics() if "probe" in m][-1]
+        last = [m["probe"] for m in runs[name].metrics() if m["kind"] == "probe"][-1]
         out(format_summary(last))
         answers = runs[name].generate(["What time do you close on Sundays?", "What is the capital of France?"], 40)
         out("  Sundays? " + answers[0] + "\n  France?  " + answers[1])

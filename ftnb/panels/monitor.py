@@ -11,6 +11,7 @@ import ipywidgets as w
 import numpy as np
 from plotly.subplots import make_subplots
 
+from ..core.data import ChatData, load_examples
 from ..core.events import ENDS
 from ..core.metrics import History
 from ..core.rundir import RunDir
@@ -49,6 +50,8 @@ class TrainingMonitor(Panel):
         data = self.builder.dataset if self.builder is not None else self.data
         if cfg is None or data is None:
             raise ValueError("the monitor needs a config (form=) and data (builder= or data=)")
+        if not isinstance(data, ChatData):  # a file, a list of dicts, a DataFrame: loaded once, here
+            data = load_examples(data, cfg.data_format, cfg.columns)
         if not cfg.sample_prompts:
             prompts = [m["content"] for ex in list(data)[:2] if ex.messages for m in ex.messages if m["role"] == "user"]
             cfg = cfg.replace(sample_prompts=prompts[:2])

@@ -267,3 +267,46 @@ builder""")
     assert user.is_visible() and template.is_visible()
     assert page.dialogs == []
     assert_no_browser_errors(page)
+
+
+def test_a_hostile_run_folder_shows_as_text(page, root):
+    """A run folder from someone else: numbers that are markup, answers that are markup. Nothing runs, and what
+    the folder holds shows as the characters it is (issue 13)."""
+    run = root / "hostile" / "runs" / "evil"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"model": "tiny", "sample_prompts": [XSS_TEXT]}))
+    (run / "status.json").write_text(json.dumps({"state": "finished", "step": 2, "total_steps": 2,
+                                                 "error": XSS_TEXT}))
+    probe = {"acc": 0.5, "acc_base": 0.5, "acc_low": 0.4, "acc_high": 0.6, "retention": 1.0, "kl": 0.0, "ppl": 9.0}
+    lines = [{"step": 1, "loss": 2.0, "lr": 1e-4, "grad_norm": 1.0, "elapsed_s": 1.0, "train_s": 1.0},
+             {"step": 2, "loss": 1.5, "lr": 1e-4, "grad_norm": 1.0, "elapsed_s": 2.0, "train_s": 2.0},
+             {"step": 2, "val_loss": 1.6, "samples": [{"prompt": XSS_TEXT, "answer": "Sure: " + XSS_TEXT}]},
+             {"step": 2, "probe": {**probe, "right_to_wrong": [XSS_IMG]}},
+             # the last lines, so that a viewer that took them would show their steps in its headings
+             {"step": XSS_IMG, "val_loss": 1.7, "samples": [{"prompt": XSS_TEXT, "answer": XSS_TEXT}]},
+             {"step": XSS_IMG, "probe": probe}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    write_notebook(root / "hostile" / "open.ipynb",
+                   "from ftnb.panels import ForgettingPanel, RunComparison, TrainingMonitor\n"
+                   "TrainingMonitor.open('runs/evil')",
+                   "ForgettingPanel(run_dir='runs/evil')",
+                   "c = RunComparison('runs')\nc.select(['runs/evil'])\nc")
+    open_notebook(page, "hostile/open.ipynb")
+    run_all(page)
+    samples = output_of(page, 0).locator(".widget-html-content", has_text="Sample answers at step")
+    samples.wait_for(timeout=90000)
+    headline = output_of(page, 1).locator(".widget-html-content", has_text="multiple-choice")
+    headline.wait_for(timeout=60000)
+    page.wait_for_timeout(500)  # an image that fails to load fires its onerror
+    assert page.evaluate("typeof window.__xss") == "undefined"
+    assert samples.inner_text().startswith("Sample answers at step 2\n")
+    assert samples.locator("td").all_inner_texts() == [XSS_TEXT, "Sure: " + XSS_TEXT]
+    assert headline.inner_text().startswith("step 2:")
+    output_of(page, 1).get_by_text(XSS_IMG).wait_for()  # the flipped question's id, as text
+    output_of(page, 0).get_by_text(f"runs/evil: finished ({XSS_TEXT})").wait_for()  # status.json's error
+    output_of(page, 2).get_by_text("1 run in runs").wait_for(timeout=60000)
+    assert page.evaluate("typeof window.__xss") == "undefined"
+    assert page.locator('img[src="x"]').count() == 0
+    assert page.locator("script", has_text="__xss").count() == 0
+    assert page.dialogs == []
+    assert_no_browser_errors(page)
