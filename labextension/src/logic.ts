@@ -120,11 +120,12 @@ export function statusText(run: IRunSummary): string {
   return `${run.name} ${formatProgress(run.step, run.total_steps)}`;
 }
 
-const KNOWN_STATES = ['running', 'finished', 'stopped', 'failed', 'interrupted'];
+const KNOWN_STATES = ['running', 'finished', 'stopped', 'failed', 'interrupted', 'not responding', 'unreadable'];
 
 /** A CSS class for a state; states the server may invent later map to one class, never into the class list. */
 export function stateClass(state: string | null): string {
-  return `ftnb-state-${KNOWN_STATES.includes(state ?? '') ? state : 'other'}`;
+  const known = KNOWN_STATES.includes(state ?? '') ? (state as string) : 'other';
+  return `ftnb-state-${known.replace(/ /g, '-')}`;
 }
 
 /** `finetune.ipynb`, or `finetune-1.ipynb`, `finetune-2.ipynb`, ... : the first name not in `existing`. */

@@ -108,6 +108,8 @@ describe('formatting', () => {
     expect(stateClass('running')).toBe('ftnb-state-running');
     expect(stateClass('x" onclick="y')).toBe('ftnb-state-other');
     expect(stateClass(null)).toBe('ftnb-state-other');
+    expect(stateClass('not responding')).toBe('ftnb-state-not-responding');
+    expect(stateClass('unreadable')).toBe('ftnb-state-unreadable');
   });
 });
 
