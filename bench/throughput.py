@@ -76,7 +76,8 @@ def order(n_seqs, batch, steps, seed):
 def run_ftnb(shape, method, seqs, batch, steps, warm, device, lr, compile=False, attn="auto"):
     import ftnb
     from ftnb.core.batching import Tokenized
-    from ftnb.core.data import ChatData, DataReport, Example
+    from ftnb.core.data import ChatData, DataReport
+    from ftnb.core.formats import Example
     model = build_model(shape, device, attn)
     n_params = sum(p.numel() for p in model.parameters())
     data = ChatData([Example(text="x", row=i + 1) for i in range(len(seqs))], DataReport("bench"))

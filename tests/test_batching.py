@@ -3,7 +3,7 @@ import torch
 
 from ftnb import load_examples
 from ftnb.core.batching import IGNORE, StepPlan, micro_batches, pack, tokenize_data, tokenize_example
-from ftnb.core.data import Example
+from ftnb.core.formats import Example
 from ftnb.core.loss import loss_sum, split_head
 from ftnb.core.models import load_model
 

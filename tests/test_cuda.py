@@ -4,7 +4,7 @@ import torch
 
 import ftnb
 from ftnb.core.batching import pack, tokenize_example
-from ftnb.core.data import Example
+from ftnb.core.formats import Example
 from ftnb.core.loss import loss_sum
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

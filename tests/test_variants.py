@@ -83,7 +83,7 @@ def test_flex_attention_keeps_packed_examples_apart(tiny_path):
     # PyTorch runs flex attention forward only on CPU, so training with it is a CUDA test (test_cuda.py); here the
     # packed rows' loss and the probe's tree rows (which switch to SDPA for their explicit mask) match SDPA
     from ftnb.core.batching import pack, tokenize_example
-    from ftnb.core.data import Example
+    from ftnb.core.formats import Example
     from ftnb.core.loss import loss_sum
     from ftnb.core.models import load_model
     from ftnb.core.probe import Tree, score_trees

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .data import RowProblem
+from .errors import RowProblem
 
 IGNORE = -100
 

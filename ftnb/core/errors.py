@@ -1,4 +1,5 @@
 """Errors that carry enough context to fix the problem without reading a traceback."""
+from dataclasses import dataclass
 
 
 class FtnbError(Exception):
@@ -30,3 +31,15 @@ class ModelNotFoundError(FtnbError):
 
 class RunError(FtnbError):
     """A run failed or a run directory cannot be used."""
+
+
+@dataclass
+class RowProblem(Exception):
+    """One row of a data source cannot be used: where it is (`row`: as the user counts: a line of a JSONL or CSV file,
+    an item of a list), which `field`, and why. Collected in a DataReport, never raised out of a loader."""
+    row: int
+    field: str
+    reason: str
+
+    def __str__(self):
+        return f"row {self.row}, field {self.field!r}: {self.reason}"

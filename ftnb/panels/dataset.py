@@ -7,8 +7,9 @@ import ipywidgets as w
 import plotly.graph_objects as go
 
 from ..core.batching import chat_segments, tokenize_example
-from ..core.data import FORMAT_COLUMNS, ChatData, DataReport, RowProblem, load_examples, load_examples_from_bytes, \
-    normalise
+from ..core.data import ChatData, DataReport, load_examples, load_examples_from_bytes
+from ..core.errors import RowProblem
+from ..core.formats import FORMAT_COLUMNS, normalise
 from ..core.durable import write_text
 from ..core.errors import DataError
 from ._common import LiveChart, Panel, esc, message, plural

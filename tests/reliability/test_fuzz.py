@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ftnb.core.data as D
+import ftnb.core.sources as sources
 from ftnb import DataError, load_examples
 from ftnb.core.data import validate
 
@@ -75,7 +76,7 @@ def test_csv_ragged_rows_and_quoted_newlines(tmp_path_factory, rows):
 
 
 def test_deep_nesting_enormous_lines_and_wrong_types(tmp_path, monkeypatch):
-    monkeypatch.setattr(D, "MAX_LINE_BYTES", 500_000)
+    monkeypatch.setattr(sources, "MAX_LINE_BYTES", 500_000)
     good = json.dumps({"prompt": "q", "completion": "a"})
     p = tmp_path / "d.jsonl"
     p.write_text("\n".join([good, "[" * 100_000 + "]" * 100_000, json.dumps({"prompt": "x" * 600_000, "completion": "y"}),

@@ -6,7 +6,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from ftnb.core.batching import first_tokens, tokenize_example
-from ftnb.core.data import Example, RowProblem
+from ftnb.core.errors import RowProblem
+from ftnb.core.formats import Example
 from ftnb.core.errors import ModelNotFoundError
 from ftnb.core.models import resolve_model
 
