@@ -59,8 +59,14 @@ class TrainConfig:
                        "data")
     val_data: str = _f("", "Optional separate validation file. When empty, val_fraction of the data is held out.", "data")
     val_fraction: float = _f(0.1, "Share of examples held out for validation loss (0 to turn validation off).", "data")
-    max_seq_len: int = _f(1024, "Longest example in tokens; longer ones are truncated (and counted in the report). "
-                          "Memory and time grow with it.", "data")
+    max_seq_len: int = _f(1024, "Longest example in tokens. Memory and time grow with it; what happens to longer "
+                          "examples is overlong's choice, and each is named by its line in the data report.", "data")
+    overlong: str = _f("turns", "Examples longer than max_seq_len: 'turns' keeps the whole turns that fit (a "
+                       "conversation loses its last exchanges; one that cannot keep a whole answer is dropped; a plain "
+                       "text is cut), 'drop' leaves them out. An answer is never cut and trained on as if complete.",
+                       "data", choices=("turns", "drop"))
+    fix_encoding: bool = _f(True, "Repair text that was decoded with the wrong encoding somewhere (mojibake such as "
+                            "'â€™' for an apostrophe) with ftfy; either way the data report names each such row.", "data")
     train_on: str = _f("assistant", "'assistant': learn only the answers (the usual choice); "
                        "'all': learn the prompts too (continued pre-training).", "data", choices=("assistant", "all"))
     # -- optimisation --

@@ -19,7 +19,17 @@ MAX_PROBLEMS = 1000  # kept row by row in a report (all are counted)
 
 
 @dataclass
+class RowNote:
+    """Something done to a row that is still used (or dropped for a reason that is not an error): `row` as the user
+    counts, the `field`, what happened."""
+    row: int
+    field: str
+    detail: str
+
+
+@dataclass
 class DataReport:
+    """What happened to every row of a source: read, how, kept, fixed, cut or rejected, and why."""
     source: str
     format: str = "auto"
     rows: int = 0
@@ -29,11 +39,24 @@ class DataReport:
     bad: int = 0
     columns: list = field(default_factory=list)  # the fields seen in the first rows (for a column mapping)
     row_unit: str = "row"  # "line" for JSONL and CSV: the number a text editor shows
+    detected: str = ""  # how the format was told: "columns Questions and Answers (prompt/completion)"
+    encoding: str = ""  # how the file was decoded: "utf-8", "utf-8 with BOM", "utf-16-le with BOM", ...
+    ignored_columns: list = field(default_factory=list)  # columns no part of the format reads
+    overlong: list = field(default_factory=list)  # RowNotes: rows longer than max_seq_len and what was done
+    duplicates: list = field(default_factory=list)  # RowNotes: exact copies of an earlier row (detail names it)
+    mojibake: list = field(default_factory=list)  # RowNotes: text that was decoded wrongly somewhere, and if fixed
+    notes: list = field(default_factory=list)  # other things worth saying, one line each (e.g. the tool format)
 
     def add_problem(self, problem):
         self.bad += 1
         if len(self.problems) < MAX_PROBLEMS:
             self.problems.append(problem)
+
+    def note(self, kind, row, field, detail):
+        """Record a RowNote in the list `kind` ("overlong", "duplicates", "mojibake")."""
+        notes = getattr(self, kind)
+        if len(notes) < MAX_PROBLEMS:
+            notes.append(RowNote(row, field, detail))
 
     def summary(self, max_problems=50):
         return {"source": self.source, "format": self.format, "rows": self.rows, "usable": self.usable,
