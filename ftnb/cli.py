@@ -1,4 +1,4 @@
-"""The `ftnb` command: demo, train, resume, stop, runs, generate, export."""
+"""The `ftnb` command: demo, train, data, resume, stop, runs, generate, probe, export."""
 import argparse
 import dataclasses
 import json
@@ -9,6 +9,7 @@ import time
 import warnings
 
 from .core.config import PRESETS, TrainConfig
+from .core.formats import FORMAT_COLUMNS
 from .core.errors import FtnbError
 
 
@@ -33,11 +34,31 @@ def _add_config_flags(p):
         elif f.type in (list, "list"):
             g.add_argument(flag, dest=f.name, nargs="*", default=None, help=help_)
         elif f.type in (dict, "dict"):
-            g.add_argument(flag, dest=f.name, type=json.loads, default=None, help=help_ + " (JSON)")
+            g.add_argument(flag, dest=f.name, type=mapping, default=None, metavar="ROLE=COLUMN,...",
+                           help=help_ + " On the command line: prompt=Questions,completion=Answers (or JSON)")
         else:
             typ = {"int": int, "float": float, "str": str}.get(f.type if isinstance(f.type, str) else f.type.__name__)
             g.add_argument(flag, dest=f.name, type=typ, default=None, choices=f.metadata.get("choices"),
                            help=f"{help_} [default: {default}]")
+
+
+def mapping(text):
+    """A column mapping from the command line: 'prompt=Questions,completion=Answers' or a JSON object."""
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise argparse.ArgumentTypeError(f"not valid JSON ({e.msg} at character {e.pos + 1})") from None
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise argparse.ArgumentTypeError('a JSON mapping of roles to column names, e.g. {"prompt": "Questions"}')
+        return value
+    pairs = [p.partition("=") for p in text.split(",") if p.strip()]
+    bad = [f"{role}{eq}{col}" for role, eq, col in pairs if not (eq and role.strip() and col.strip())]
+    if bad or not pairs:
+        raise argparse.ArgumentTypeError(f"{', '.join(bad) or repr(text)}: write ROLE=COLUMN pairs separated by commas, "
+                                         "e.g. prompt=Questions,completion=Answers")
+    return {role.strip(): col.strip() for role, _, col in pairs}
 
 
 def _add_trust_flag(p):
@@ -66,6 +87,23 @@ def cmd_train(args):
     run = train(cfg, progress=True)
     if run.main:  # one line from a multi-process run, not one per process
         print(f"run directory: {run.run_dir.path}  ({run.state})")
+
+
+def cmd_data(args):
+    """Read a data file as training would and print its report; exit status 1 when no row is usable."""
+    from .core.batching import tokenize_data
+    from .core.data import load_examples
+    from .core.models import load_tokenizer, resolve_model
+    data = load_examples(args.file, args.data_format, args.columns, fix_encoding=args.fix_encoding)
+    if data.examples:
+        tokenizer = load_tokenizer(resolve_model(args.model))
+        tokenize_data(data, tokenizer, args.max_seq_len, args.train_on, args.overlong)
+    print(data.report.render(limit=args.limit))
+    if data.report.usable:
+        print(f"  {data.report.usable} examples ready for {args.model} at max_seq_len {args.max_seq_len}")
+    else:
+        print("  nothing to train on", file=sys.stderr)
+        sys.exit(1)
 
 
 def cmd_resume(args):
@@ -160,6 +198,21 @@ def main(argv=None):
     p.add_argument("--preset", choices=list(PRESETS), help="start from a preset")
     _add_config_flags(p)
     p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("data", help="check a data file as training would read it: format, kept and rejected rows, "
+                                    "over-long rows, duplicates, encoding (exit status 1 when nothing is usable)")
+    p.add_argument("file", help="a .jsonl, .json, .csv, .tsv or .parquet file, or a Hub dataset name")
+    defaults = TrainConfig()
+    p.add_argument("--data-format", default="auto", choices=["auto", *FORMAT_COLUMNS], help="how rows are read")
+    p.add_argument("--columns", type=mapping, default=None, metavar="ROLE=COLUMN,...",
+                   help="which column plays which role: prompt=Questions,completion=Answers (or JSON)")
+    p.add_argument("--model", default=defaults.model, help="whose tokenizer and chat template measure the rows")
+    p.add_argument("--max-seq-len", type=int, default=defaults.max_seq_len)
+    p.add_argument("--overlong", default=defaults.overlong, choices=["turns", "drop"])
+    p.add_argument("--train-on", default=defaults.train_on, choices=["assistant", "all"])
+    p.add_argument("--fix-encoding", action=argparse.BooleanOptionalAction, default=defaults.fix_encoding)
+    p.add_argument("--limit", type=int, default=10, help="rows shown per kind of trouble")
+    p.set_defaults(fn=cmd_data)
 
     p = sub.add_parser("resume", help="continue a stopped or interrupted run from its last checkpoint",
                        epilog=SEVERAL_PROCESSES, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -33,14 +33,30 @@ def test_only_assistant_tokens_are_targets(tiny):
     assert all(everything.mask)
 
 
-def test_truncation_is_counted_and_prompt_overflow_is_a_row_problem(tiny):
+def test_overlong_rows_keep_whole_turns_or_are_dropped(tiny):
+    """An answer is never cut and trained on as if complete (issue 14): a conversation keeps the exchanges that fit
+    whole, a row whose first answer does not fit is left out, a plain text is cut; each is named in the report."""
     _, tok = tiny
-    data = load_examples([{"prompt": "short", "completion": "answer " * 40},
-                          {"prompt": "long " * 60, "completion": "answer"}])
+    rows = [{"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."},
+                          {"role": "user", "content": "More?"}, {"role": "assistant", "content": "answer " * 40}]},
+            {"prompt": "short", "completion": "answer " * 40},
+            {"messages": [{"role": "user", "content": "ok?"}, {"role": "assistant", "content": "Yes."}]}]
+    data = load_examples(rows[:1] + [{"messages": [{"role": "user", "content": rows[1]["prompt"]},
+                                                   {"role": "assistant", "content": rows[1]["completion"]}]}]
+                         + rows[2:])
     out = tokenize_data(data, tok, max_seq_len=40)
-    assert len(out) == 1 and out[0].truncated and len(out[0]) == 40
-    assert data.report.truncated == 1 and data.report.usable == 1
-    assert data.report.problems[0].row == 2 and "over the length limit" in data.report.problems[0].reason
+    assert [t.row for t in out] == [1, 3] and out[0].truncated and not out[1].truncated
+    assert tok.decode(out[0].ids).endswith("Hello.<|im_end|>\n")  # the first exchange, its end-of-turn included
+    assert data.report.usable == 2 and data.report.truncated == 1 and not data.report.problems
+    notes = {n.row: n.detail for n in data.report.overlong}
+    assert notes[1].startswith("kept the first 1 of 2 answers") and notes[2].startswith("dropped")
+    dropped = load_examples(rows[:1] + rows[2:])
+    assert [t.row for t in tokenize_data(dropped, tok, max_seq_len=40, overlong="drop")] == [2]
+    assert "dropped" in dropped.report.overlong[0].detail and dropped.report.usable == 1
+    text = load_examples(["word " * 100])
+    (cut,) = tokenize_data(text, tok, max_seq_len=40)
+    assert len(cut) == 40 and "cut to its first 40 tokens" in text.report.overlong[0].detail
+    assert "line" not in str(text.report) and "row 1: cut to its first 40 tokens" in str(text.report)
 
 
 def test_pack_positions_and_shifted_labels(tiny):

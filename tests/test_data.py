@@ -44,7 +44,8 @@ def test_column_mapping_overrides_detection():
 
 
 def test_unknown_columns_explain_the_mapping():
-    with pytest.raises(DataError, match=r"columns=\{'prompt': 'question'"):
+    with pytest.raises(DataError, match=r"columns \(foo, bar\).*--columns prompt=foo,completion=bar.*"
+                                         r"columns=\{'prompt': 'foo', 'completion': 'bar'\}"):
         load_examples([{"foo": 1, "bar": 2}])
 
 

@@ -21,6 +21,7 @@ class Tokenized:
     mask: list  # mask[t]: token t is a training target
     row: int = 0
     truncated: bool = False
+    cut: str = ""  # what was left out of an example longer than max_seq_len
 
     def __len__(self):
         return len(self.ids)
@@ -82,29 +83,43 @@ def _window_bounds(render, messages, answers, full):
     return bounds
 
 
-def tokenize_example(tokenizer, example, max_seq_len, train_on="assistant"):
+class TooLong(Exception):
+    """An example longer than max_seq_len that is left out (overlong='drop', or not even one answer fits)."""
+
+
+def tokenize_example(tokenizer, example, max_seq_len, train_on="assistant", overlong="turns"):
+    """Token ids and the mask of trained tokens. An example longer than max_seq_len: with overlong='turns' a
+    conversation keeps its turns up to the end of the last answer that fits whole (an answer is never cut and
+    trained on as if complete) and a plain text is cut; with 'drop', or when no answer fits, TooLong is raised."""
     if example.text is not None:
-        pieces = [(example.text, True)]
         eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    else:
-        pieces, eos = chat_segments(tokenizer, example.messages), []
-    ids, mask = [], []
-    for text, trained in pieces:
-        if len(ids) > max_seq_len:  # one token past the limit is enough to know the example is truncated
+        ids = first_tokens(tokenizer, example.text, max_seq_len + 1 - len(eos)) + eos
+        if len(ids) <= max_seq_len:
+            return Tokenized(ids, [True] * len(ids), example.row)
+        if overlong == "drop":
+            raise TooLong(f"dropped: a text longer than max_seq_len ({max_seq_len:,} tokens)")
+        return Tokenized(ids[:max_seq_len], [True] * max_seq_len, example.row, True,
+                         f"cut to its first {max_seq_len:,} tokens (a plain text)")
+    pieces = chat_segments(tokenizer, example.messages)
+    ids, mask, fits, answers, kept = [], [], 0, sum(a for _, a in pieces), 0
+    for text, answer in pieces:
+        if len(ids) > max_seq_len:  # one token past the limit is enough to know the example is too long
             break
         t = first_tokens(tokenizer, text, max_seq_len + 1 - len(ids))
         ids += t
-        mask += [trained or train_on == "all"] * len(t)
-    ids += eos
-    mask += [True] * len(eos)
-    truncated = len(ids) > max_seq_len
-    if truncated:
-        ids, mask = ids[:max_seq_len], mask[:max_seq_len]
+        mask += [answer or train_on == "all"] * len(t)
+        if answer and len(ids) <= max_seq_len:
+            fits, kept = len(ids), kept + 1  # the end of the last answer that fits whole
+    too_long = len(ids) > max_seq_len
+    if too_long and (overlong == "drop" or not any(mask[1:fits])):
+        why = "" if overlong == "drop" else ", and not even its first answer fits"
+        raise TooLong(f"dropped: longer than max_seq_len ({max_seq_len:,} tokens){why}")
     if not any(mask[1:]):
-        first = mask.index(True) if True in mask else len(ids)
-        raise RowProblem(example.row, "messages", f"over the length limit: the answer starts after token {first}, "
-                                                  f"beyond max_seq_len={max_seq_len}" if truncated else "nothing to train on")
-    return Tokenized(ids, mask, example.row, truncated)
+        raise RowProblem(example.row, "messages", "nothing to train on")
+    if not too_long:
+        return Tokenized(ids, mask, example.row)
+    return Tokenized(ids[:fits], mask[:fits], example.row, True,
+                     f"kept the first {kept} of {answers} answers ({fits:,} tokens; max_seq_len {max_seq_len:,})")
 
 
 CUT_SLACK = 16  # tokens dropped before a cut in the text: the last ones can merge differently than in the whole text
@@ -121,16 +136,25 @@ def first_tokens(tokenizer, text, n):
     return tokenizer(text, add_special_tokens=False)["input_ids"][:n]
 
 
-def tokenize_data(data, tokenizer, max_seq_len, train_on="assistant"):
-    """Tokenized examples of a ChatData; rows that fail move from `usable` to the problems of its report."""
-    out = []
+def tokenize_data(data, tokenizer, max_seq_len, train_on="assistant", overlong="turns"):
+    """Tokenized examples of a ChatData; rows that fail or are left out for their length move from `usable` to its
+    report (problems, or over-long notes), and so does every row that was shortened."""
+    out, report = [], data.report
     for ex in data.examples:
         try:
-            out.append(tokenize_example(tokenizer, ex, max_seq_len, train_on))
+            t = tokenize_example(tokenizer, ex, max_seq_len, train_on, overlong)
+        except TooLong as e:
+            report.note("overlong", ex.row, "-", str(e))
+            report.usable -= 1
+            continue
         except RowProblem as p:
-            data.report.add_problem(RowProblem(ex.row, p.field, p.reason))
-            data.report.usable -= 1
-    data.report.truncated += sum(t.truncated for t in out)
+            report.add_problem(RowProblem(ex.row, p.field, p.reason))
+            report.usable -= 1
+            continue
+        if t.truncated:
+            report.note("overlong", ex.row, "-", t.cut)
+            report.truncated += 1
+        out.append(t)
     return out
 
 

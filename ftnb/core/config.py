@@ -55,8 +55,10 @@ class TrainConfig:
                    "Leave empty when passing examples from Python.", "data")
     data_format: str = _f("auto", "How rows are read: detected from the columns by default.", "data",
                           choices=("auto", "messages", "sharegpt", "prompt_completion", "alpaca", "text"))
-    columns: dict = _f({}, "Column mapping that overrides detection, e.g. {\"prompt\": \"question\", \"completion\": \"answer\"}.",
-                       "data")
+    columns: dict = _f({}, "Which column plays which role, when detection cannot tell: {\"prompt\": \"Questions\", "
+                       "\"completion\": \"Answers\"} (on the command line prompt=Questions,completion=Answers). "
+                       "Names are matched without case; question/answer, input/output, query/response and the like "
+                       "are found without it.", "data")
     val_data: str = _f("", "Optional separate validation file. When empty, val_fraction of the data is held out.", "data")
     val_fraction: float = _f(0.1, "Share of examples held out for validation loss (0 to turn validation off).", "data")
     max_seq_len: int = _f(1024, "Longest example in tokens. Memory and time grow with it; what happens to longer "

@@ -5,6 +5,7 @@ Every row that cannot be used becomes a `RowProblem` (row number as the user see
 `DataReport`; nothing is silently dropped, and only a source with zero usable rows is an error.
 """
 import hashlib
+import itertools
 import json
 import random
 import tempfile
@@ -12,10 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import DataError, RowProblem
-from .formats import FORMAT_COLUMNS, detect_format, normalise
+from .formats import FORMAT_COLUMNS, FORMAT_NAMES, ignored_columns, normalise, resolve_format
 from .sources import records
 
 MAX_PROBLEMS = 1000  # kept row by row in a report (all are counted)
+HEAD_ROWS = 50  # the rows whose columns tell the format
 
 
 @dataclass
@@ -58,18 +60,44 @@ class DataReport:
         if len(notes) < MAX_PROBLEMS:
             notes.append(RowNote(row, field, detail))
 
-    def summary(self, max_problems=50):
-        return {"source": self.source, "format": self.format, "rows": self.rows, "usable": self.usable,
-                "bad": self.bad, "truncated": self.truncated, "row_unit": self.row_unit,
-                "problems": [vars(p) for p in self.problems[:max_problems]]}
+    def summary(self, max_rows=MAX_PROBLEMS):
+        """Everything as plain data (data.json keeps this whole)."""
+        rows = lambda notes: [vars(n) for n in notes[:max_rows]]  # noqa: E731
+        return {"source": self.source, "format": self.format, "detected": self.detected, "encoding": self.encoding,
+                "rows": self.rows, "usable": self.usable, "bad": self.bad, "truncated": self.truncated,
+                "row_unit": self.row_unit, "ignored_columns": self.ignored_columns, "problems": rows(self.problems),
+                "overlong": rows(self.overlong), "duplicates": rows(self.duplicates), "mojibake": rows(self.mojibake),
+                "notes": list(self.notes)}
+
+    def render(self, limit=5, full_list=None):
+        """The report as a few lines of text: the source, its format and how it was told, what was kept, and each
+        kind of trouble with its first `limit` rows; `full_list` says where the whole list is."""
+        unit = self.row_unit
+        rows = lambda n: f"{n} row{'' if n == 1 else 's'}"  # noqa: E731
+        how = "; ".join(x for x in (FORMAT_NAMES.get(self.format, self.format), self.detected, self.encoding) if x)
+        lines = [f"{self.source}: {self.usable} of {self.rows} rows kept ({how})"]
+
+        def section(title, count, items):
+            if not count:
+                return
+            lines.append(f"  {title}:")
+            lines.extend(f"    {unit} {text}" for text in items[:limit])
+            if count > limit:
+                lines.append(f"    ... and {count - limit} more" + (f" (all in {full_list})" if full_list else ""))
+        section(f"{self.bad} rejected", self.bad, [f"{p.row}, {p.field}: {p.reason}" for p in self.problems])
+        section(f"{rows(len(self.overlong))} longer than max_seq_len", len(self.overlong),
+                [f"{n.row}: {n.detail}" for n in self.overlong])
+        section(f"{rows(len(self.duplicates))} repeating an earlier one (kept; copies are never split between "
+                "training and validation)", len(self.duplicates), [f"{n.row}: {n.detail}" for n in self.duplicates])
+        section(f"{rows(len(self.mojibake))} with mojibake (text decoded with the wrong encoding somewhere)",
+                len(self.mojibake), [f"{n.row}, {n.field}: {n.detail}" for n in self.mojibake])
+        if self.ignored_columns:
+            lines.append(f"  ignored columns: {', '.join(self.ignored_columns)}")
+        lines.extend(f"  {note}" for note in self.notes)
+        return "\n".join(lines)
 
     def __str__(self):
-        lines = [f"{self.source}: {self.usable} of {self.rows} rows usable (format: {self.format})"
-                 + (f", {self.truncated} truncated to max_seq_len" if self.truncated else "")]
-        lines += [f"  {self.row_unit} {p.row}, {p.field}: {p.reason}" for p in self.problems[:50]]
-        if self.bad > 50:
-            lines.append(f"  ... and {self.bad - 50} more")
-        return "\n".join(lines)
+        return self.render(limit=50)
 
 
 class ChatData:
@@ -95,17 +123,36 @@ class ChatData:
         return self
 
     def split(self, val_fraction, seed=0):
-        """(train, val) ChatData, a seeded shuffle; at least one example on each side when val_fraction > 0."""
-        idx = list(range(len(self)))
-        random.Random(seed).shuffle(idx)
-        n_val = 0 if val_fraction <= 0 or len(idx) < 2 else min(len(idx) - 1, max(1, round(len(idx) * val_fraction)))
+        """(train, val) ChatData, a seeded shuffle; at least one example on each side when val_fraction > 0. Copies
+        of one example stay together, so validation never holds an example that is also trained on."""
+        groups = {}
+        for i, ex in enumerate(self.examples):
+            groups.setdefault(_identity(ex), []).append(i)
+        order = list(groups.values())
+        random.Random(seed).shuffle(order)
+        n_val = 0 if val_fraction <= 0 or len(order) < 2 else \
+            min(len(self) - 1, max(1, round(len(self) * val_fraction)))
+        val = []
+        for group in order:
+            if len(val) >= n_val or len(val) + len(group) >= len(self):
+                break
+            val += group
         parts = []
-        for chosen in (sorted(idx[n_val:]), sorted(idx[:n_val])):
+        for chosen in (sorted(set(range(len(self))) - set(val)), sorted(val)):
             part = ChatData([self.examples[i] for i in chosen], self.report)
             if self.tokenized is not None:
                 part.tokenized = [self.tokenized[i] for i in chosen]
             parts.append(part)
         return tuple(parts)
+
+    def find_duplicates(self):
+        """Note every example that is an exact copy of an earlier one in the report (they are kept)."""
+        first = {}
+        for ex in self.examples:
+            seen = first.setdefault(_identity(ex), ex.row)
+            if seen != ex.row:
+                self.report.note("duplicates", ex.row, "-", f"repeats {self.report.row_unit} {seen}")
+        return self
 
     def to_jsonl(self):
         return "".join(json.dumps(e.to_record(), ensure_ascii=False) + "\n" for e in self.examples)
@@ -116,57 +163,44 @@ class ChatData:
 
 def iter_examples(source, data_format="auto", columns=None, report=None):
     """Yield the usable Examples of `source` one at a time, filling `report` (a DataReport) as it goes: a file of
-    any size streams through in constant memory."""
+    any size streams through in constant memory. The format is told from the columns of the first rows."""
     label, unit, rows = records(source)
     report = report if report is not None else DataReport(label)
     report.source, report.row_unit = label, unit
     if data_format not in ("auto", *FORMAT_COLUMNS):
         raise DataError(f"unknown data_format {data_format!r}; choose from auto, {', '.join(FORMAT_COLUMNS)}", source=label)
-    fmt, cols = (None, dict(columns or {})) if data_format == "auto" else \
-        (data_format, {**{c: c for c in FORMAT_COLUMNS.get(data_format, ())}, **(columns or {})})
-    pending, seen_keys = [], set()
+    rows = iter(rows)
+    head = list(itertools.islice(rows, HEAD_ROWS))
+    keys = list(dict.fromkeys(str(k) for _, rec in head if isinstance(rec, dict) for k in rec))[:200]
+    if not keys and data_format == "auto":
+        unreadable = [str(rec) for _, rec in head if isinstance(rec, RowProblem)][:3]
+        raise DataError(f"no row could be read ({'; '.join(unreadable)})" if unreadable else "no rows found",
+                        source=label)
+    fmt, cols, how = resolve_format(keys, data_format, columns, label)
+    report.format, report.detected, report.columns = fmt, how, keys
+    report.ignored_columns = ignored_columns(keys, fmt, cols)
 
-    def take(n, rec):
+    for n, rec in itertools.chain(head, rows):
         report.rows += 1
         if isinstance(rec, RowProblem):
             report.add_problem(rec)
-            return None
+            continue
         try:
             ex = normalise(rec, fmt, cols)
         except RowProblem as p:
             report.add_problem(RowProblem(n, p.field, p.reason))
-            return None
+            continue
         ex.row = n
         report.usable += 1
-        return ex
-
-    for n, rec in rows:
-        if len(seen_keys) < 200 and report.rows + len(pending) < 50 and isinstance(rec, dict):
-            seen_keys |= set(map(str, rec))
-        if fmt is None:  # detect from the keys of the first rows
-            pending.append((n, rec))
-            if len(pending) < 50:
-                continue
-            fmt, cols = _detected(seen_keys, cols, label)
-            yield from filter(None, (take(*item) for item in pending))
-            pending = []
-        else:
-            ex = take(n, rec)
-            if ex is not None:
-                yield ex
-    if pending or fmt is None:
-        if not pending:
-            raise DataError("no rows found", source=label)
-        fmt, cols = _detected(seen_keys, cols, label)
-        yield from filter(None, (take(*item) for item in pending))
-    report.format, report.columns = fmt, sorted(seen_keys)  # once, not per row: seen_keys stops growing early
+        yield ex
 
 
 def load_examples(source, data_format="auto", columns=None):
-    """Read `source` (file, Hub name, list of dicts, DataFrame, datasets.Dataset) into ChatData with a report."""
+    """Read `source` (file, Hub name, list of dicts, DataFrame, datasets.Dataset) into ChatData with a report
+    (exact duplicates noted in it)."""
     report = DataReport("")
     examples = list(iter_examples(source, data_format, columns, report))
-    return ChatData(examples, report)
+    return ChatData(examples, report).find_duplicates()
 
 
 def validate(source, data_format="auto", columns=None):
@@ -177,14 +211,20 @@ def validate(source, data_format="auto", columns=None):
     return report
 
 
-def _detected(keys, cols, label):
-    fmt, cols = detect_format(keys, cols)
-    if fmt is None:
-        found = ", ".join(sorted(map(str, keys))[:20]) or "none"
-        raise DataError(f"cannot tell the format from the columns ({found}); expected 'messages', 'conversations', "
-                        "'prompt'+'completion', 'instruction'+'output' or 'text', or pass a column mapping such as "
-                        "columns={'prompt': 'question', 'completion': 'answer'}", source=label)
-    return fmt, cols
+def peek_columns(source):
+    """The column names of a source's first rows (for a mapping after its format could not be told); [] when even
+    they cannot be read."""
+    try:
+        _, _, rows = records(source)
+        head = itertools.islice(rows, HEAD_ROWS)
+        return list(dict.fromkeys(str(k) for _, rec in head if isinstance(rec, dict) for k in rec))[:200]
+    except (DataError, OSError):
+        return []
+
+
+def _identity(example):
+    """What makes two examples the same example."""
+    return json.dumps(example.to_record(), sort_keys=True, ensure_ascii=False)
 
 
 def bundled(name):

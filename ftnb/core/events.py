@@ -2,16 +2,18 @@
 
 A subscriber is any callable taking an `Event` (or an object with `on_event(event)`). The loop calls subscribers in
 its own thread, between steps; a slow subscriber slows training, so views should only copy data and return.
-Event kinds: start, log (train metrics), eval (val_loss), probe, checkpoint, finished, stopped, failed.
+Event kinds: data (the data report, before training), start, log (train metrics), eval (val_loss), probe, checkpoint,
+finished, stopped, failed.
 A subscriber that raises is detached with a warning, unless it is `essential` (the run-directory writer): then the
 run fails, because the run directory is the source of truth.
 """
 import collections
+import sys
 import threading
 import warnings
 from dataclasses import dataclass, field
 
-KINDS = ("start", "log", "eval", "probe", "checkpoint", "finished", "stopped", "failed")
+KINDS = ("data", "start", "log", "eval", "probe", "checkpoint", "finished", "stopped", "failed")
 ENDS = ("finished", "stopped", "failed")
 
 
@@ -133,14 +135,16 @@ class RunDirWriter:
 
 
 class ProgressBar:
-    """A tqdm bar with loss and tokens/s, for the console."""
+    """The data report, then a tqdm bar with loss and tokens/s, for the console."""
 
     def __init__(self, desc="training", file=None):
         self.desc, self.file, self.bar, self.postfix = desc, file, None, {}
 
     def on_event(self, ev):
         from tqdm import tqdm
-        if ev.kind == "start":
+        if ev.kind == "data":  # no bar yet: a plain print
+            print(ev.data["summary"], file=self.file or sys.stdout, flush=True)
+        elif ev.kind == "start":
             self.bar = tqdm(total=ev.data["total_steps"], initial=ev.step, desc=self.desc, unit="step", file=self.file,
                             dynamic_ncols=True, mininterval=0.2)
         elif self.bar is None:

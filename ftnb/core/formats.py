@@ -18,7 +18,6 @@ FORMAT_COLUMNS = {
     "alpaca": ("instruction", "input", "output", "system"),
     "text": ("text",),
 }
-PAIR_ALIASES = (("prompt", "completion"), ("prompt", "response"), ("question", "answer"), ("input", "output"))
 
 
 @dataclass
@@ -32,25 +31,98 @@ class Example:
         return {"messages": self.messages} if self.messages is not None else {"text": self.text}
 
 
-def detect_format(keys, columns=None):
-    """(format, column map) from a set of record keys and the user's explicit mapping."""
+# column names taken for each role when the user names none, in this order, compared without case
+SYNONYMS = {
+    "messages": ("messages",), "conversations": ("conversations", "conversation"),
+    "prompt": ("prompt", "prompts", "question", "questions", "query", "queries", "input", "inputs", "user"),
+    "completion": ("completion", "completions", "answer", "answers", "response", "responses", "output", "outputs",
+                   "reply", "assistant"),
+    "system": ("system", "system_prompt"), "instruction": ("instruction", "instructions"),
+    "input": ("input", "context"), "output": ("output", "outputs", "response"), "text": ("text",),
+}
+REQUIRED = {"messages": ("messages",), "sharegpt": ("conversations",), "prompt_completion": ("prompt", "completion"),
+            "alpaca": ("instruction", "output"), "text": ("text",)}
+FORMAT_NAMES = {"messages": "OpenAI messages", "sharegpt": "ShareGPT", "prompt_completion": "prompt/completion",
+                "alpaca": "Alpaca", "text": "plain text"}
+# fields a format reads besides its columns (the other columns of a row are reported as ignored)
+ALSO_READ = {"messages": ("tools",), "sharegpt": ("tools", "system")}
+
+
+def resolve_format(keys, data_format="auto", columns=None, source="the data"):
+    """(format, {role: column}, how it was told) from the column names of a source's first rows, the format asked
+    for and the user's mapping {role: column}. Column names are matched without case and through the usual synonyms
+    (question, answers, response, ...). Raises DataError, naming the columns there are and a command line that
+    works as pasted, when the format cannot be told or the mapping does not fit the file."""
+    from .errors import DataError
+    keys = [str(k) for k in keys]
+    by_lower = {}
+    for k in keys:
+        by_lower.setdefault(k.strip().lower(), k)
     columns = dict(columns or {})
-    for fmt, cols in FORMAT_COLUMNS.items():
-        if columns and set(columns) <= set(cols) and cols[0] in columns:
-            return fmt, columns
-    keys = set(keys) | set(columns.values())
-    if "messages" in keys:
-        return "messages", {"messages": "messages", **columns}
-    if "conversations" in keys:
-        return "sharegpt", {"conversations": "conversations", **columns}
-    if {"instruction", "output"} <= keys:
-        return "alpaca", {**{c: c for c in FORMAT_COLUMNS["alpaca"]}, **columns}
-    for p, c in PAIR_ALIASES:
-        if {p, c} <= keys:
-            return "prompt_completion", {"prompt": p, "completion": c, "system": "system", **columns}
-    if "text" in keys:
-        return "text", {"text": "text", **columns}
-    return None, columns
+    roles = sorted({r for rs in FORMAT_COLUMNS.values() for r in rs})
+    for role, col in columns.items():
+        if role not in roles:
+            raise DataError(f"columns: {role!r} is not a role a format reads (roles: {', '.join(roles)}); map roles to "
+                            f"your columns, e.g. {_example_flag(keys, source)}", source=source)
+        found = col if col in keys else by_lower.get(str(col).strip().lower())
+        if found is None and keys:
+            raise DataError(f"columns: {role}={col} names no column of the file (its columns: {_listed(keys)})",
+                            source=source)
+        columns[role] = found or col
+    fmt = data_format if data_format != "auto" else _format_of(columns, by_lower)
+    if fmt is None:
+        raise DataError(f"cannot tell the format from the columns ({_listed(keys) or 'none'}). Name the question and "
+                        f"answer columns, e.g. {_example_flag(keys, source)}; or use columns named messages, "
+                        "conversations, prompt+completion, instruction+output or text", source=source)
+    stray = [r for r in columns if r not in FORMAT_COLUMNS[fmt]]
+    if stray:
+        raise DataError(f"columns: {', '.join(stray)} is not read by the {FORMAT_NAMES[fmt]} format (it reads "
+                        f"{', '.join(FORMAT_COLUMNS[fmt])})", source=source)
+    cols = {role: columns.get(role) or _synonym(role, by_lower) or role for role in FORMAT_COLUMNS[fmt]}
+    missing = [r for r in REQUIRED[fmt] if keys and cols[r] not in keys]
+    if missing:
+        raise DataError(f"the {FORMAT_NAMES[fmt]} format needs a {' and a '.join(missing)} column, and none of the "
+                        f"file's columns ({_listed(keys)}) is one; name it, e.g. {_example_flag(keys, source)}",
+                        source=source)
+    mapped = [c if c == r else f"{c} ({r})" for r, c in cols.items() if c in keys]
+    how = ("as asked (data_format)" if data_format != "auto" else "from the columns") + \
+        (f": {', '.join(mapped)}" if mapped else "")
+    return fmt, cols, how
+
+
+def ignored_columns(keys, fmt, cols):
+    """The columns of a source that the format does not read."""
+    read = set(cols.values()) | set(ALSO_READ.get(fmt, ()))
+    return [str(k) for k in keys if k not in read]
+
+
+ORDER = ("messages", "sharegpt", "alpaca", "prompt_completion", "text")  # the first whose columns are there wins
+
+
+def _format_of(columns, by_lower):
+    """The format a mapping or, failing that, the column names point to (None when they point nowhere)."""
+    named = set(columns) - {"system"}
+    for fmt in ORDER:
+        if named and named <= set(FORMAT_COLUMNS[fmt]):
+            return fmt
+    return next((fmt for fmt in ORDER if all(_synonym(r, by_lower) for r in REQUIRED[fmt])), None)
+
+
+def _synonym(role, by_lower):
+    return next((by_lower[name] for name in SYNONYMS[role] if name in by_lower), None)
+
+
+def _listed(keys, n=20):
+    return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
+
+
+def _example_flag(keys, source):
+    """A command line that works as pasted: the file's first two columns as question and answer."""
+    import shlex
+    q, a = (keys + ["QUESTION_COLUMN", "ANSWER_COLUMN"])[:2] if len(keys) != 1 else (keys[0], "ANSWER_COLUMN")
+    data = shlex.quote(str(source)) if source not in ("list", "DataFrame", "datasets.Dataset") else "FILE"
+    return (f"ftnb train --data {data} --columns {shlex.quote(f'prompt={q},completion={a}')} "
+            f"(in Python: columns={{'prompt': {q!r}, 'completion': {a!r}}})")
 
 
 def _text(value, where):

@@ -145,7 +145,17 @@ def write_data_summary(run_dir, train_set, val_set):
         "train_hash": train_set.content_hash(), "val_hash": val_set.content_hash(),
         "train_tokens": sum(len(t) for t in train_set.tokenized), "replay_examples": getattr(train_set, "replay", 0),
         "report": train_set.report.summary(),
-        "val_report": val_set.report.summary() if val_set.report is not train_set.report else None})
+        "val_report": val_set.report.summary() if val_set.report is not train_set.report else None,
+        "summary": data_summary(train_set, val_set, run_dir.data_path)})
+
+
+def data_summary(train_set, val_set, where):
+    """The data report as the terminal shows it before training: what was read and what happened to each row."""
+    text = train_set.report.render(full_list=where)
+    if val_set.report is not train_set.report:
+        text += "\nvalidation " + val_set.report.render(full_list=where)
+    split = f"{len(train_set)} examples to train on, {len(val_set)} to validate"
+    return f"{text}\n  {split}" + (f" (+{train_set.replay} replayed)" if getattr(train_set, "replay", 0) else "")
 
 
 def prepare_model(cfg, device, base_model=None):
@@ -356,10 +366,11 @@ def _run(cfg, run_dir, data, val_data, subscribers, stop_event, progress, resume
         run.train_data, run.val_data = train_set, val_set
         for part in (train_set, val_set):  # already tokenized data (benchmarks) is taken as it is
             if part.tokenized is None:
-                part.tokenized = tokenize_data(part, tok, cfg.max_seq_len, cfg.train_on) if len(part) else []
+                part.tokenized = tokenize_data(part, tok, cfg.max_seq_len, cfg.train_on, cfg.overlong) \
+                    if len(part) else []
         if not train_set.tokenized:
-            raise DataError(f"no usable examples after tokenisation: {train_set.report.problems[0]}",
-                            source=train_set.report.source)
+            raise DataError("no usable examples after tokenisation; the data report:\n"
+                            + train_set.report.render(), source=train_set.report.source)
         if resume_from is None and procs.main:
             cfg.save(run_dir.config_path)
             write_data_summary(run_dir, train_set, val_set)
@@ -435,6 +446,8 @@ def _fit(run, cfg, run_dir, bus, subscribers, progress, device, model_path, resu
         if progress:
             from .events import ProgressBar
             bus.subscribe(ProgressBar())
+    if resume_from is None:  # what was read and what happened to each row, before anything trains
+        bus.emit("data", 0, run, summary=data_summary(run.train_data, run.val_data, run_dir.data_path))
     t_start = time.perf_counter() - state["elapsed_s"]
     with procs.gathered(cfg.probe):  # the probe's baseline
         bus.emit("start", step, run, total_steps=plan.total_steps, steps_per_epoch=plan.steps_per_epoch,

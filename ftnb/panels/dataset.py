@@ -1,15 +1,19 @@
 """The dataset builder: load examples (file, upload, Python object, Hub name), see how they were read, page through
 them, edit them turn by turn, see the validation report, the rendered template with the trained tokens highlighted,
-the token-length histogram and the train/validation split. Every edit is saved at once to a JSONL file."""
+the token-length histogram and the train/validation split. With autosave=, every edit is saved at once to that
+JSONL file."""
+import copy
+import warnings
 from pathlib import Path
 
 import ipywidgets as w
 import plotly.graph_objects as go
 
-from ..core.batching import chat_segments, tokenize_example
-from ..core.data import ChatData, DataReport, load_examples, load_examples_from_bytes
+from ..core.batching import chat_segments, tokenize_data, tokenize_example
+from ..core.config import TrainConfig
+from ..core.data import ChatData, DataReport, load_examples, load_examples_from_bytes, peek_columns
 from ..core.errors import RowProblem
-from ..core.formats import FORMAT_COLUMNS, normalise
+from ..core.formats import FORMAT_COLUMNS, FORMAT_NAMES, normalise
 from ..core.durable import write_text
 from ..core.errors import DataError
 from ._common import LiveChart, Panel, esc, message, plural
@@ -17,39 +21,48 @@ from ._common import LiveChart, Panel, esc, message, plural
 PAGE = 10
 
 
-def unique_path(path):
-    """`path`, or path-2, path-3 ... so that nothing already there is overwritten."""
-    p, n = Path(path), 2
-    while p.exists():
-        p = Path(path).with_name(f"{Path(path).stem}-{n}{Path(path).suffix}")
-        n += 1
-    return p
-
-
 class DatasetBuilder(Panel):
-    """builder = DatasetBuilder.from_source("faq.jsonl"); builder.dataset -> ChatData of the current examples."""
+    """builder = DatasetBuilder.from_source("faq.jsonl"); builder.dataset -> ChatData of the current examples.
 
-    def __init__(self, examples=None, source="new dataset", autosave="ftnb-dataset.jsonl", tokenizer=None,
-                 model="default"):
+    Edits are kept in memory; with `autosave="my-data.jsonl"` every change is also written to that one file (its
+    working copy), and a builder made again with the same autosave file (a re-run cell, a new kernel) restores it
+    rather than reading the source again. No file is written unless asked."""
+
+    def __init__(self, examples=None, source="new dataset", autosave=None, tokenizer=None, model="default"):
         self.autosave_path = Path(autosave) if autosave else None
         self.tokenizer, self.model_name = tokenizer, model
+        self.form = None  # a ConfigForm whose max_seq_len, overlong and train_on the length check uses
         self.report = DataReport(source)
         self.examples = list(examples or [])
-        if not self.examples and self.autosave_path and self.autosave_path.exists():  # the kernel died: restore
+        self.restored = False
+        self.failure = None  # the DataError of the last load, with the columns the file has
+        self.columns_found = []
+        if not self.examples and self.autosave_path and self.autosave_path.exists():
             restored = load_examples(self.autosave_path)
-            self.examples, self.report = restored.examples, restored.report
+            self.examples, self.report, self.restored = restored.examples, restored.report, True
             self.report.source = f"{self.autosave_path} (restored)"
-        elif self.examples and self.autosave_path and self.autosave_path.exists():
-            self.autosave_path = unique_path(self.autosave_path)  # never overwrite an earlier dataset
         self.selected = 0
         self.page = 0
         self._build()
         self._refresh()
+        if self.examples and not self.restored:
+            self._save()
 
     @classmethod
     def from_source(cls, source, data_format="auto", columns=None, **kw):
+        """A builder on `source`; when its autosave file exists (the cell ran before), that working copy, with the
+        edits made to it, is restored instead and the source is not read again (Load reads it on request)."""
         b = cls(**kw)
-        b.load(source, data_format, columns)
+        b._source = (source, data_format)
+        if b.restored:
+            b.status.value = message("info", f"restored {plural(len(b.examples), 'example')} from "
+                                             f"{b.autosave_path} (your edits); {source} was not read again: Load it "
+                                             "to start over from it, or choose another autosave file")
+            return b
+        try:
+            b.load(source, data_format, columns)
+        except DataError as e:  # shown in the panel, which offers a column mapping: the cell still draws it
+            warnings.warn(f"ftnb: {e}", stacklevel=2)
         return b
 
     # -- plain functions (the buttons call these) --
@@ -59,24 +72,35 @@ class DatasetBuilder(Panel):
         return ChatData(list(self.examples), self.report)
 
     def load(self, source, data_format="auto", columns=None):
-        data = load_examples(source, data_format, columns)
+        """Read `source` (replacing the examples shown, and the autosave file's content). When its format cannot be
+        told, the error is shown with a column mapping to choose, and raised."""
         self._source = (source, data_format)
-        self.examples, self.report = data.examples, data.report
-        self.selected, self.page = 0, 0
-        if self.autosave_path and self.autosave_path.exists():
-            self.autosave_path = unique_path(self.autosave_path)
-        self._save()
-        self._refresh()
-        return data
+        try:
+            data = load_examples(source, data_format, columns)
+        except DataError as e:
+            self._failed(e, peek_columns(source))
+            raise
+        return self._loaded(data)
 
     def load_upload(self, name, content):
         suffix = Path(name).suffix.lower()
-        data = load_examples_from_bytes(bytes(content), suffix, name)
-        self.examples, self.report = data.examples, data.report
-        self.selected, self.page = 0, 0
-        self._save()
-        self._refresh()
-        return data
+        self._source = (None, "auto")
+        try:
+            data = load_examples_from_bytes(bytes(content), suffix, name)
+        except DataError as e:
+            self._failed(e, [])
+            raise
+        return self._loaded(data)
+
+    def check(self, max_seq_len=None, overlong=None, train_on=None):
+        """The report with the rows measured by the model's tokenizer: which are longer than max_seq_len and what
+        happens to them (as training would do; defaults from the linked form, else TrainConfig's)."""
+        settings = self.form.values() if self.form is not None else TrainConfig().to_dict()
+        report = copy.deepcopy(self.report)
+        tokenize_data(ChatData(list(self.examples), report), self._tok(), max_seq_len or settings["max_seq_len"],
+                      train_on or settings["train_on"], overlong or settings["overlong"])
+        self._draw_report(report)
+        return report
 
     def add_example(self, messages):
         ex = self._check(messages)
@@ -150,6 +174,11 @@ class DatasetBuilder(Panel):
         self.format_choice = w.Dropdown(options=["auto", *FORMAT_COLUMNS], description="format")
         self.remap_button = w.Button(description="Re-read with mapping", icon="refresh", layout=w.Layout(width="auto"))
         self.remap_button.on_click(lambda _: self._guard(self._remap))
+        self.format_choice.observe(self._draw_mapping, names="value")
+        self.status = w.HTML()
+        self.check_button = w.Button(description="Check lengths", icon="ruler-horizontal", layout=w.Layout(width="auto"),
+                                     tooltip="measure every example with the model's tokenizer against max_seq_len")
+        self.check_button.on_click(lambda _: self._guard(self.check))
         self.table = w.HTML()
         self.prev_button, self.next_button = w.Button(icon="arrow-left"), w.Button(icon="arrow-right")
         self.prev_button.on_click(lambda _: self._goto_page(self.page - 1))
@@ -179,17 +208,17 @@ class DatasetBuilder(Panel):
         self.split_html = w.HTML()
         self.val_fraction.observe(lambda _: self._draw_split(), names="value")
         self.root = w.VBox([
-            w.HBox([self.upload, self.hub_name, self.load_button]), self.format_html,
+            w.HBox([self.upload, self.hub_name, self.load_button]), self.status, self.format_html,
             w.HBox([self.format_choice, self.remap_button]), self.mapping_box,
             self.table, w.HBox([self.prev_button, self.page_label, self.next_button, self.pick]),
             w.HTML("<b>Edit</b>"), self.turns, w.HBox([self.add_turn_button, self.save_button, self.new_button,
                                                        self.delete_button]), self.editor_msg,
-            w.HTML("<b>Validation</b>"), self.report_html,
+            w.HTML("<b>Report</b>"), self.report_html, self.check_button,
             w.HBox([self.show_template]), self.template_html, self.hist_box,
             w.HBox([self.val_fraction, self.seed]), self.split_html])
 
     def _guard(self, fn, *args):
-        self.editor_msg.value = ""
+        self.editor_msg.value = self.status.value = ""
         try:
             fn(*args)
         except (DataError, OSError, ValueError) as e:
@@ -208,21 +237,44 @@ class DatasetBuilder(Panel):
         fmt = self.format_choice.value
         source = getattr(self, "_source", (None, None))[0]
         if source is None:
-            raise DataError("load a file or object first; the mapping re-reads it")
+            raise DataError("load a file or object first (an upload: save it as a file); the mapping re-reads it")
         self.load(source, fmt, cols or None)
+
+    def _loaded(self, data):
+        self.examples, self.report, self.failure = data.examples, data.report, None
+        self.columns_found = list(data.report.columns)
+        self.selected, self.page = 0, 0
+        self._save()
+        self._refresh()
+        return data
+
+    def _failed(self, error, columns):
+        """A load that failed: the examples shown before stay, the error says why, and the mapping offers the
+        columns the file has."""
+        self.failure, self.columns_found = error, list(columns)
+        self._draw_mapping()
+        self.format_html.value = message("error", f"could not read it: {error.message}")
+        self.report_html.value = message("error", "nothing was loaded" + (
+            ": choose which column is which below, then Re-read with mapping" if columns else ""))
+
+    def _draw_mapping(self, *_):
+        fmt = self.format_choice.value if self.format_choice.value != "auto" else (
+            self.report.format if self.failure is None and self.report.format in FORMAT_COLUMNS
+            else "prompt_completion")
+        self.mapping = {role: w.Dropdown(options=[""] + self.columns_found, description=role,
+                                         layout=w.Layout(width="220px"))
+                        for role in FORMAT_COLUMNS[fmt]} if self.columns_found else {}
+        self.mapping_box.children = list(self.mapping.values())
 
     def _refresh(self):
         n = len(self.examples)
         r = self.report
-        self.format_html.value = (f"<b>{esc(r.source)}</b>: format <code>{esc(r.format)}</code>, {n} examples"
-                                  + (f", {r.bad} bad rows" if r.bad else "")
+        self.format_html.value = (f"<b>{esc(r.source)}</b>: {esc(FORMAT_NAMES.get(r.format, r.format))}"
+                                  + (f" ({esc(r.detected)})" if r.detected else "") + f", {plural(n, 'example')}"
                                   + (f" &middot; autosaved to <code>{esc(self.autosave_path)}</code>"
                                      if self.autosave_path else ""))
-        roles = FORMAT_COLUMNS.get(r.format, ())
-        keys = list(r.columns)
-        self.mapping = {role: w.Dropdown(options=[""] + keys, description=role, layout=w.Layout(width="220px"))
-                        for role in roles} if keys else {}
-        self.mapping_box.children = list(self.mapping.values())
+        self.columns_found = list(r.columns)
+        self._draw_mapping()
         self.pick.max = max(1, n)
         self._draw_table()
         self._draw_report()
@@ -256,16 +308,19 @@ class DatasetBuilder(Panel):
                             f'<th>turns</th></tr>{"".join(rows)}</table>')
         self.page_label.value = f"page {self.page + 1} of {pages}"
 
-    def _draw_report(self):
-        r = self.report
-        if not r.bad:
-            self.report_html.value = message("ok", f"all {r.rows or len(self.examples)} rows usable")
+    def _draw_report(self, report=None):
+        """The data report, as `ftnb data` prints it (`report`: one with the lengths checked)."""
+        r = report or self.report
+        trouble = r.bad or r.overlong or r.duplicates or r.mojibake or r.ignored_columns or r.notes
+        if not r.rows and not self.examples:
+            self.report_html.value = message("info", "no data loaded yet")
             return
-        items = "".join(f"<li>{esc(r.row_unit)} {p.row}, <code>{esc(p.field)}</code>: {esc(p.reason)}</li>"
-                        for p in r.problems[:200])
-        more = f"<li>... {r.bad - 200} more</li>" if r.bad > 200 else ""
-        self.report_html.value = (message("warn", f"{r.bad} of {r.rows} rows cannot be used:")
-                                  + f'<ul style="max-height:180px;overflow:auto">{items}{more}</ul>')
+        head = message("warn" if trouble else "ok", f"{r.usable} of {r.rows} rows usable" if r.rows else
+                       f"{plural(len(self.examples), 'example')} entered here")
+        checked = "" if report is not None else ("<div style='font-size:0.85em;color:#555'>lengths not checked yet: "
+                                                 "Check lengths measures them with the model's tokenizer</div>")
+        self.report_html.value = (head + f'<pre style="max-height:220px;overflow:auto;font-size:0.85em;'
+                                  f'white-space:pre-wrap">{esc(r.render(limit=200))}</pre>' + checked)
 
     def _draw_split(self):
         if not self.examples:

@@ -13,13 +13,13 @@ from ._common import Panel
 class Studio(Panel):
     """studio = ftnb.Studio(); studio.builder / .form / .monitor / .forgetting / .comparison are the panels."""
 
-    def __init__(self, data=None, preset="quick-cpu-demo", config=None, runs_dir=None, autosave="ftnb-dataset.jsonl"):
-        self.builder = DatasetBuilder(autosave=autosave)
-        if data is None and not self.builder.examples:
-            data = bundled("pizza_demo.jsonl")
-        if data is not None:
-            self.builder.load(data)
+    def __init__(self, data=None, preset="quick-cpu-demo", config=None, runs_dir=None, autosave=None):
+        """`data`: what the Data tab starts with (default: the bundled Luigi's Corner examples); `autosave`: a JSONL
+        file that keeps the Data tab's examples and edits, restored when the Studio is made again."""
+        self.builder = DatasetBuilder.from_source(bundled("pizza_demo.jsonl") if data is None else data,
+                                                  autosave=autosave)
         self.form = ConfigForm(config=config, preset=None if config else preset)
+        self.builder.form = self.form
         self.builder.model_name = self.form.values()["model"]  # the token view uses the form's model's tokenizer
         self.form.fields["model"].observe(self._model_changed, names="value")
         self.monitor = TrainingMonitor(form=self.form, builder=self.builder)

@@ -39,15 +39,17 @@ def test_kernel_death_loses_nothing(tmp_path, qa_data):
     b.add_example([{"role": "user", "content": "typed"}, {"role": "assistant", "content": "before the crash"}])
     restored = DatasetBuilder(autosave="auto.jsonl")  # a new kernel, same folder
     assert len(restored.examples) == 4 and restored.examples[-1].messages[1]["content"] == "before the crash"
-    other = DatasetBuilder.from_source(qa_data[:2], autosave="auto.jsonl")  # new data never overwrites the old file
-    assert other.autosave_path.name == "auto-2.jsonl" and len((tmp_path / "auto.jsonl").read_text().splitlines()) == 4
+    again = DatasetBuilder.from_source(qa_data[:2], autosave="auto.jsonl")  # the cell run again: the edits are kept
+    assert again.restored and len(again.examples) == 4 and "your edits" in again.status.value
+    assert len((tmp_path / "auto.jsonl").read_text().splitlines()) == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["auto.jsonl"]  # one working copy, never auto-2.jsonl
 
 
 def test_validation_report_mapping_and_upload(tmp_path):
     rows = [{"q": "Hi?", "a": "Hello."}, {"q": "Empty?", "a": ""}, {"q": "Bye?", "a": "Bye."}]
     b = DatasetBuilder(autosave=None)
     b.load(rows, columns={"prompt": "q", "completion": "a"})
-    assert len(b.examples) == 2 and "row 2, <code>a</code>: empty content" in b.report_html.value
+    assert len(b.examples) == 2 and "row 2, a: empty content" in b.report_html.value
     csv = b"question,answer\nWhat?,That.\n"
     b.upload.value = ({"name": "d.csv", "type": "text/csv", "size": len(csv), "content": memoryview(csv),
                        "last_modified": __import__("datetime").datetime.now()},)

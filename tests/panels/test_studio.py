@@ -14,7 +14,10 @@ def test_studio_tabs_wire_the_panels(qa_data):
     s.close()
 
 
-def test_studio_restores_an_autosaved_dataset(qa_data):
-    ftnb.Studio(data=qa_data[:5]).close()
-    again = ftnb.Studio()
-    assert len(again.builder.examples) == 5
+def test_studio_restores_an_autosaved_dataset(qa_data, tmp_path):
+    ftnb.Studio(data=qa_data[:5], autosave="mine.jsonl").close()
+    again = ftnb.Studio(autosave="mine.jsonl")
+    assert len(again.builder.examples) == 5 and again.builder.restored
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["mine.jsonl"]
+    ftnb.Studio().close()  # no autosave asked: no file written
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["mine.jsonl"]

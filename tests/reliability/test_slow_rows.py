@@ -5,7 +5,7 @@ import random
 import pytest
 from transformers import AutoTokenizer
 
-from ftnb.core.batching import first_tokens, tokenize_example
+from ftnb.core.batching import TooLong, first_tokens, tokenize_example
 from ftnb.core.errors import RowProblem
 from ftnb.core.formats import Example
 from ftnb.core.errors import ModelNotFoundError
@@ -27,7 +27,8 @@ THINKING_TEMPLATE = DEFAULT_SYSTEM_TEMPLATE.replace("'<|im_start|>assistant\n' }
 
 
 def reference_tokenize(tokenizer, example, max_seq_len, train_on="assistant"):
-    """The algorithm before issue 13: every prefix rendered, every piece tokenised whole, then cut."""
+    """The straightforward algorithm: every prefix rendered, every piece tokenised whole, then shortened as
+    overlong="turns" says (issue 14: up to the end of the last whole answer that fits)."""
     def render(msgs, gen=False):
         return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen) if msgs else ""
 
@@ -46,17 +47,24 @@ def reference_tokenize(tokenizer, example, max_seq_len, train_on="assistant"):
             pieces += [(full[pos:start], False), (full[start:end], True)]
             pos = end
         pieces = [(t, a) for t, a in pieces + [(full[pos:], False)] if t]
-    ids, mask = [], []
+    ids, mask, answer_ends = [], [], []
     for text, trained in pieces:
         t = tokenizer(text, add_special_tokens=False)["input_ids"]
         ids += t
         mask += [trained or train_on == "all"] * len(t)
+        if trained and example.text is None:
+            answer_ends.append(len(ids))
     ids, mask = ids + eos, mask + [True] * len(eos)
-    truncated, ids, mask = len(ids) > max_seq_len, ids[:max_seq_len], mask[:max_seq_len]
-    if not any(mask[1:]):
-        first = mask.index(True) if True in mask else len(ids)
-        raise RowProblem(0, "messages", f"the answer starts after token {first}" if truncated else "nothing to train")
-    return ids, mask, truncated
+    if len(ids) <= max_seq_len:
+        if not any(mask[1:]):
+            raise RowProblem(0, "messages", "nothing to train on")
+        return ids, mask, False
+    if example.text is not None:  # overlong="turns": a plain text is cut
+        return ids[:max_seq_len], mask[:max_seq_len], True
+    fits = max((end for end in answer_ends if end <= max_seq_len), default=0)  # whole answers only
+    if not any(mask[1:fits]):
+        raise TooLong("not even its first answer fits")
+    return ids[:fits], mask[:fits], True
 
 
 class Counting:
@@ -112,8 +120,8 @@ CONVERSATIONS = [conversation(1), conversation(1, system="Be brief."), conversat
 def assert_as_before(tokenizer, example, max_seq_len, train_on="assistant"):
     try:
         expected = reference_tokenize(tokenizer, example, max_seq_len, train_on)
-    except RowProblem as p:
-        with pytest.raises(RowProblem, match=p.reason):
+    except (RowProblem, TooLong) as p:
+        with pytest.raises(type(p)):
             tokenize_example(tokenizer, example, max_seq_len, train_on)
         return
     got = tokenize_example(tokenizer, example, max_seq_len, train_on)
@@ -156,12 +164,16 @@ def test_a_huge_row_is_cut_before_it_is_tokenised(tiny_tok, kind):
     def example(size):
         text = "lorem ipsum dolor sit amet " * (size // 27)
         return Example(text=text) if kind == "text" else Example(messages=[
+            {"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."},
             {"role": "user", "content": "Write a lot."}, {"role": "assistant", "content": text}])
 
     counting = Counting(tiny_tok)
     t = tokenize_example(counting, example(4 * 2 ** 20), 1024)
-    assert len(t) == 1024 and t.truncated
-    assert counting.chars_tokenised <= 20 * len(tiny_tok.decode(t.ids))  # the whole 4 MB before
+    if kind == "text":  # a plain text is cut
+        assert t.truncated and len(t) == 1024
+    else:  # a conversation keeps its first exchange, whole
+        assert t.truncated and len(t) < 40 and t.cut.startswith("kept the first 1 of 2 answers")
+    assert counting.chars_tokenised <= 20 * 1024 * 8  # the whole 4 MB before
     assert (t.ids, t.mask, t.truncated) == reference_tokenize(tiny_tok, example(100_000), 1024)
 
 
