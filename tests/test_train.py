@@ -29,7 +29,9 @@ def test_lora_run_writes_a_complete_run_directory(tiny_cfg, qa_data):
     assert train_lines[-1]["tokens"] > train_lines[0]["tokens"] > 0
     assert train_lines[-1]["loss"] < train_lines[0]["loss"]
     assert [m["step"] for m in rd.metrics() if "val_loss" in m] == [5, 10]  # each epoch end
-    assert [e.kind for e in rec.events][0] == "start" and rec.events[-1].kind == "finished"
+    assert [e.kind for e in rec.events][:2] == ["data", "start"] and rec.events[-1].kind == "finished"
+    assert "19 of 24 rows kept" not in rec.events[0].data["summary"] and "24 of 24 rows kept" in \
+        rec.events[0].data["summary"]
     # the adapter loads with plain peft, without ftnb
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
