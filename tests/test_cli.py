@@ -35,7 +35,7 @@ def test_bad_input_is_one_clear_line_not_a_traceback(tmp_path):
                         "--output-dir", str(tmp_path / "runs")], capture_output=True, text=True)
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
-    assert f"{bad}: no usable examples (row 1, field 'completion': empty content)" in r.stderr
+    assert f"{bad}: no usable examples (line 1, field 'completion': empty content)" in r.stderr
     r = subprocess.run([sys.executable, "-m", "ftnb.cli", "train", "--data", str(bad), "--learning-rate", "7"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "learning_rate: must be in (0, 1]" in r.stderr

@@ -83,7 +83,7 @@ def test_zero_usable_rows_is_an_error_naming_file_and_row(tmp_path):
     p = write_jsonl(tmp_path / "bad.jsonl", [{"messages": [{"role": "user", "content": "only a question"}]}])
     with pytest.raises(DataError) as e:
         load_examples(p).require_usable()
-    assert "bad.jsonl" in str(e.value) and "row 1" in str(e.value) and "missing assistant turn" in str(e.value)
+    assert "bad.jsonl" in str(e.value) and "line 1" in str(e.value) and "missing assistant turn" in str(e.value)
 
 
 def test_csv_with_bom_crlf_multiline_and_ragged_rows(tmp_path):

@@ -109,7 +109,7 @@ def test_divergence_stops_with_a_clear_message(tiny_cfg, qa_data):
 def test_bad_data_fails_before_any_folder_is_made(tiny_cfg, tmp_path):
     p = tmp_path / "bad.jsonl"
     p.write_text('{"messages": [{"role": "user", "content": "no answer"}]}\n')
-    with pytest.raises(DataError, match=r"bad.jsonl.*row 1.*missing assistant turn"):
+    with pytest.raises(DataError, match=r"bad.jsonl.*line 1.*missing assistant turn"):
         ftnb.train(tiny_cfg, str(p))
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 

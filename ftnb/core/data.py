@@ -14,7 +14,8 @@ from pathlib import Path
 
 from .errors import DataError, RowProblem
 from .formats import FORMAT_COLUMNS, FORMAT_NAMES, ignored_columns, normalise, resolve_format
-from .sources import records
+from .mojibake import check as check_mojibake
+from .sources import records, text_encoding
 
 MAX_PROBLEMS = 1000  # kept row by row in a report (all are counted)
 HEAD_ROWS = 50  # the rows whose columns tell the format
@@ -50,6 +51,7 @@ class DataReport:
     notes: list = field(default_factory=list)  # other things worth saying, one line each (e.g. the tool format)
 
     def add_problem(self, problem):
+        problem.unit = self.row_unit
         self.bad += 1
         if len(self.problems) < MAX_PROBLEMS:
             self.problems.append(problem)
@@ -161,12 +163,13 @@ class ChatData:
         return hashlib.sha256(self.to_jsonl().encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def iter_examples(source, data_format="auto", columns=None, report=None):
+def iter_examples(source, data_format="auto", columns=None, report=None, fix_encoding=True):
     """Yield the usable Examples of `source` one at a time, filling `report` (a DataReport) as it goes: a file of
-    any size streams through in constant memory. The format is told from the columns of the first rows."""
+    any size streams through in constant memory. The format is told from the columns of the first rows;
+    `fix_encoding` repairs mojibake (reported either way)."""
     label, unit, rows = records(source)
     report = report if report is not None else DataReport(label)
-    report.source, report.row_unit = label, unit
+    report.source, report.row_unit, report.encoding = label, unit, text_encoding(source)
     if data_format not in ("auto", *FORMAT_COLUMNS):
         raise DataError(f"unknown data_format {data_format!r}; choose from auto, {', '.join(FORMAT_COLUMNS)}", source=label)
     rows = iter(rows)
@@ -185,6 +188,9 @@ def iter_examples(source, data_format="auto", columns=None, report=None):
         if isinstance(rec, RowProblem):
             report.add_problem(rec)
             continue
+        rec, mojibake = check_mojibake(rec, fix_encoding)
+        for where, detail in mojibake:
+            report.note("mojibake", n, where, detail)
         try:
             ex = normalise(rec, fmt, cols)
         except RowProblem as p:
@@ -195,18 +201,18 @@ def iter_examples(source, data_format="auto", columns=None, report=None):
         yield ex
 
 
-def load_examples(source, data_format="auto", columns=None):
+def load_examples(source, data_format="auto", columns=None, fix_encoding=True):
     """Read `source` (file, Hub name, list of dicts, DataFrame, datasets.Dataset) into ChatData with a report
     (exact duplicates noted in it)."""
     report = DataReport("")
-    examples = list(iter_examples(source, data_format, columns, report))
+    examples = list(iter_examples(source, data_format, columns, report, fix_encoding))
     return ChatData(examples, report).find_duplicates()
 
 
-def validate(source, data_format="auto", columns=None):
+def validate(source, data_format="auto", columns=None, fix_encoding=True):
     """The DataReport of `source` without keeping its examples (a 1 GB JSONL file streams through)."""
     report = DataReport("")
-    for _ in iter_examples(source, data_format, columns, report):
+    for _ in iter_examples(source, data_format, columns, report, fix_encoding):
         pass
     return report
 

@@ -16,11 +16,12 @@ class ConfigError(FtnbError, ValueError):
 
 
 class DataError(FtnbError, ValueError):
-    """The data cannot be used. Names the file (and row and field, when one row is at fault)."""
+    """The data cannot be used. Names the file (and row and field, when one row is at fault; `unit` is what a row
+    is called where it is: "line" in a JSONL or CSV file)."""
 
-    def __init__(self, message, source=None, row=None, field=None):
-        self.source, self.row, self.field, self.message = source, row, field, message
-        where = ", ".join(x for x in (source and str(source), row is not None and f"row {row}",
+    def __init__(self, message, source=None, row=None, field=None, unit="row"):
+        self.source, self.row, self.field, self.message, self.unit = source, row, field, message, unit
+        where = ", ".join(x for x in (source and str(source), row is not None and f"{unit} {row}",
                                       field and f"field {field!r}") if x)
         super().__init__(f"{where}: {message}" if where else message)
 
@@ -36,10 +37,12 @@ class RunError(FtnbError):
 @dataclass
 class RowProblem(Exception):
     """One row of a data source cannot be used: where it is (`row`: as the user counts: a line of a JSONL or CSV file,
-    an item of a list), which `field`, and why. Collected in a DataReport, never raised out of a loader."""
+    an item of a list), which `field`, and why; `unit` names the row ("line"; the report that collects it sets it).
+    Collected in a DataReport, never raised out of a loader."""
     row: int
     field: str
     reason: str
+    unit: str = "row"
 
     def __str__(self):
-        return f"row {self.row}, field {self.field!r}: {self.reason}"
+        return f"{self.unit} {self.row}, field {self.field!r}: {self.reason}"

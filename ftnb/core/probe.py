@@ -67,6 +67,7 @@ class ProbeSuite:
         """A JSONL file or a list of dicts, each an MC item {question, choices, answer}, a question with
         expected answers {question|prompt, expect}, or a text {text}."""
         from .errors import DataError
+        from .sources import json_reason
         rows = source
         if isinstance(source, (str, Path)):
             rows = []
@@ -75,7 +76,8 @@ class ProbeSuite:
                     try:
                         rows.append(json.loads(line))
                     except json.JSONDecodeError as e:
-                        raise DataError(f"invalid JSON: {e.msg}", source=source, row=n) from None
+                        raise DataError(f"invalid JSON at column {e.colno}: {json_reason(e)}", source=source, row=n,
+                                        unit="line") from None
         for n, r in enumerate(rows, 1):
             if not isinstance(r, dict):
                 raise DataError("expected an object", source=str(source)[:80], row=n)

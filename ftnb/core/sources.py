@@ -1,65 +1,77 @@
 """Reading rows from files and Python objects: each source yields (row number, record) or (row number, RowProblem).
 
 Row numbers are what the user sees: the line of a JSONL or CSV file (what a text editor shows), the item of a JSON
-array, list or table. Nothing here knows about formats; formats.py turns records into examples.
+array, list or table. Text files are read in the Unicode encoding their first bytes show (decoding.py); a byte that
+encoding cannot decode is the problem of its line. Nothing here knows about formats; formats.py turns records into
+examples.
 """
 import csv
+import io
 import json
+import re
 from pathlib import Path
 
+from .decoding import ESCAPE, HEAD_BYTES, lines, sniff
 from .errors import DataError, RowProblem
 
 MAX_LINE_BYTES = 64 * 2**20
+_ESCAPED = re.compile("[\udc00-\udcff]")  # a byte the file's encoding could not decode (decoding.ESCAPE)
 FILE_KINDS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "csv",
               ".parquet": "parquet", ".pq": "parquet"}
 
 
-def _read_jsonl(path):
+def _read_jsonl(path, enc):
     with open(path, "rb") as fh:
-        n = 0
-        while True:
-            raw = fh.readline(MAX_LINE_BYTES + 1)
-            if not raw:
-                return
-            n += 1
-            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
-                while raw and not raw.endswith(b"\n"):  # skip the rest of the enormous line
-                    raw = fh.readline(MAX_LINE_BYTES)
+        fh.seek(enc.bom)
+        for n, raw in enumerate(lines(fh, enc.newline, MAX_LINE_BYTES), 1):
+            if raw is None:
                 yield n, RowProblem(n, "-", f"line longer than {MAX_LINE_BYTES:,} bytes")
                 continue
-            if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            if not raw.strip():
-                continue
             try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield n, RowProblem(n, "-", f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})")
+                text = enc.decode(raw)
+            except ValueError as e:
+                yield n, RowProblem(n, "-", str(e))
                 continue
-            yield n, _parse_json(text, n)
+            text = text.rstrip("\r\n").lstrip("\ufeff")  # a BOM left inside by joining files: invisible, not data
+            if text.strip(" \t\r\x0b\x0c"):
+                yield n, _parse_json(text, n)
 
 
 def _parse_json(text, n):
     try:
         obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        return RowProblem(n, "-", f"invalid JSON: {e.msg} at column {e.colno}")
+    except json.JSONDecodeError as e:  # one line, no newline: colno is the character column an editor shows
+        return RowProblem(n, "-", f"invalid JSON at column {e.colno}: {json_reason(e)}")
     except RecursionError:
         return RowProblem(n, "-", "JSON nested too deeply")
     return obj
 
 
-def _read_json(path):
+def json_reason(e):
+    """What a json.JSONDecodeError says, worded to follow "invalid JSON at line L, column C: "."""
+    msg = {"Unterminated string starting at": "a string starts here and never ends",
+           "Invalid control character at": "a control character (a raw tab or line break?) inside a string",
+           "Extra data": "more data after a complete JSON value"}.get(e.msg, e.msg)
+    return msg[0].lower() + msg[1:]
+
+
+def _read_json(path, enc):
+    """(row unit, rows) of a .json file: the items of its array, or its lines when it really is JSON lines. Read
+    whole and parsed now, so that a syntax error is reported where it is."""
+    raw = Path(path).read_bytes()[enc.bom:]
     try:
-        raw = Path(path).read_bytes()
-        obj = json.loads(raw.decode("utf-8-sig"))
-    except UnicodeDecodeError as e:
-        raise DataError(f"not valid UTF-8 (byte offset {e.start})", source=path) from None
+        text = enc.decode(raw, whole_file=True)
+    except ValueError as e:
+        if _is_json_lines(raw.decode(enc.codec, "replace")):
+            return "line", _read_jsonl(path, enc)  # JSON lines named .json: a bad byte is the problem of its line
+        raise DataError(str(e), source=path) from None
+    del raw
+    try:
+        obj = json.loads(text)
     except json.JSONDecodeError as e:
-        if "\n{" in raw[:1_000_000].decode("utf-8", "replace"):
-            yield from _read_jsonl(path)  # a JSONL file named .json
-            return
-        raise DataError(f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}", source=path) from None
+        if _is_json_lines(text):
+            return "line", _read_jsonl(path, enc)  # a JSON-lines file named .json
+        raise DataError(f"invalid JSON at line {e.lineno}, column {e.colno}: {json_reason(e)}", source=path) from None
     except RecursionError:
         raise DataError("JSON nested too deeply", source=path) from None
     if isinstance(obj, dict):
@@ -72,20 +84,32 @@ def _read_json(path):
             obj = [obj]
     if not isinstance(obj, list):
         raise DataError(f"expected a list of examples, found {type(obj).__name__}", source=path)
-    for i, rec in enumerate(obj):
-        yield i + 1, rec
+    return "row", ((i + 1, rec) for i, rec in enumerate(obj))
 
 
-def _read_csv(path):
+def _is_json_lines(text):
+    """Whether text that is not one JSON value is JSON lines: its first line a whole JSON object on its own."""
+    first = text.lstrip(" \t\r\n").partition("\n")[0]
+    if not first.startswith("{"):
+        return False
+    try:
+        return isinstance(json.loads(first), dict)
+    except (ValueError, RecursionError):
+        return False
+
+
+def _read_csv(path, enc):
     delimiter = "\t" if str(path).endswith(".tsv") else ","
-    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as fh:
+    with open(path, "rb") as raw:
+        raw.seek(enc.bom)
+        fh = io.TextIOWrapper(raw, encoding=enc.codec, errors=ESCAPE, newline="")
         reader = csv.reader(fh, delimiter=delimiter)
         try:
             header = next(reader)
         except StopIteration:
             return
         except csv.Error as e:
-            raise DataError(f"cannot read the CSV header: {e}", source=path) from None
+            raise DataError(f"cannot read the CSV header: {e}", source=path, row=1, unit="line") from None
         header = [h.strip() for h in header]
         while True:
             start = reader.line_num + 1
@@ -101,7 +125,12 @@ def _read_csv(path):
             if len(cells) != len(header):
                 yield start, RowProblem(start, "-", f"has {len(cells)} fields but the header has {len(header)}")
                 continue
-            yield start, dict(zip(header, cells))
+            row = dict(zip(header, cells))
+            bad = next(((h, ord(m.group()) - 0xDC00) for h, c in row.items() if (m := _ESCAPED.search(c))), None)
+            if bad:
+                yield start, RowProblem(start, bad[0], f"not valid {enc.codec.upper()} (byte 0x{bad[1]:02x})")
+                continue
+            yield start, row
 
 
 def _read_parquet(path):
@@ -129,16 +158,36 @@ def _read_hub(name):
         yield i + 1, rec
 
 
+def _encoding(path):
+    with open(path, "rb") as fh:
+        return sniff(fh.read(HEAD_BYTES))
+
+
+def text_encoding(source):
+    """How `source` is decoded, as the data report says it ("utf-8", "utf-16-le with BOM", ...): "" for anything
+    but a JSONL, JSON or CSV file."""
+    if isinstance(source, (str, Path)):
+        p = Path(source).expanduser()
+        if p.is_file() and FILE_KINDS.get(p.suffix.lower()) in ("jsonl", "json", "csv"):
+            return _encoding(p).label
+    return ""
+
+
 def records(source):
-    """(label, row_unit, iterator of (row, record|RowProblem)) for any supported source."""
+    """(label, row_unit, iterator of (row, record|RowProblem)) for any supported source. A .json file is read and
+    parsed here (its syntax errors raised as DataError); other sources are read as the iterator is."""
     if isinstance(source, (str, Path)):
         p = Path(source).expanduser()
         if p.is_file():
             kind = FILE_KINDS.get(p.suffix.lower())
             if kind is None:
                 raise DataError(f"unsupported file type {p.suffix!r}; use .jsonl, .json, .csv, .tsv or .parquet", source=p)
-            reader = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "parquet": _read_parquet}[kind]
-            return str(p), ("line" if kind in ("jsonl", "csv") else "row"), reader(p)
+            if kind == "parquet":
+                return str(p), "row", _read_parquet(p)
+            enc = _encoding(p)
+            if kind == "json":
+                return (str(p), *_read_json(p, enc))
+            return str(p), "line", (_read_jsonl if kind == "jsonl" else _read_csv)(p, enc)
         if p.is_dir() or p.suffix.lower() in FILE_KINDS or str(source).startswith((".", "/", "~")):
             raise DataError("file not found", source=source)
         return str(source), "row", _read_hub(str(source))

@@ -120,12 +120,13 @@ def prepare_data(cfg, data, val_data, run_dir):
     source = data if data is not None else (cfg.data or None)
     if source is None:
         raise ConfigError("data", "no training data: set data= to a file or pass examples to train()")
-    train_set = source if isinstance(source, ChatData) else load_examples(source, cfg.data_format, cfg.columns)
+    train_set = source if isinstance(source, ChatData) else load_examples(source, cfg.data_format, cfg.columns,
+                                                                          cfg.fix_encoding)
     train_set.require_usable()
     val_source = val_data if val_data is not None else (cfg.val_data or None)
     if val_source is not None:
         val_set = val_source if isinstance(val_source, ChatData) else load_examples(val_source, cfg.data_format,
-                                                                                   cfg.columns)
+                                                                                   cfg.columns, cfg.fix_encoding)
     else:
         train_set, val_set = train_set.split(cfg.val_fraction, cfg.seed)
     if cfg.replay_fraction:

@@ -51,7 +51,7 @@ class TrainingMonitor(Panel):
         if cfg is None or data is None:
             raise ValueError("the monitor needs a config (form=) and data (builder= or data=)")
         if not isinstance(data, ChatData):  # a file, a list of dicts, a DataFrame: loaded once, here
-            data = load_examples(data, cfg.data_format, cfg.columns)
+            data = load_examples(data, cfg.data_format, cfg.columns, cfg.fix_encoding)
         if not cfg.sample_prompts:
             prompts = [m["content"] for ex in list(data)[:2] if ex.messages for m in ex.messages if m["role"] == "user"]
             cfg = cfg.replace(sample_prompts=prompts[:2])
