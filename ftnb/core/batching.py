@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import RowProblem
+from .function_calling import fallback_messages, note_tool_format, supports_tools, uses_tools
 
 IGNORE = -100
 
@@ -27,19 +28,32 @@ class Tokenized:
         return len(self.ids)
 
 
-def chat_segments(tokenizer, messages):
-    """[(text, is_assistant_answer)] whose concatenation is the rendered conversation."""
-    def render(msgs, gen=False):
-        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen) if msgs else ""
+def chat_segments(tokenizer, messages, tools=None):
+    """[(text, trained)] whose concatenation is the rendered conversation. Trained: the assistant's turns (answers
+    and tool calls) but those of weight 0. With tools or tool calls, a chat template that supports them gets `tools=`;
+    the others render the conversation rewritten in function_calling.FALLBACK_FORMAT."""
+    tool_use, kw = uses_tools(messages, tools), {}
+    if tool_use and supports_tools(tokenizer, tools):
+        kw = {"tools": tools} if tools else {}
+    elif tool_use:
+        messages = fallback_messages(messages, tools)
 
-    full = render(messages)
+    def render(msgs, gen=False):
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen, **kw) if msgs else ""
+
+    try:
+        full = render(messages)
+    except Exception as e:  # templates refuse some tool use ("only one tool call at once"): that row alone fails
+        if not tool_use:
+            raise
+        raise RowProblem(0, "messages", f"the chat template cannot render this conversation: {e}") from None
     answers = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
     bounds = _window_bounds(render, messages, answers, full)
     if bounds is None:
         bounds = _prefix_bounds(render, messages, answers, full)
     segments, pos = [], 0
-    for start, end in bounds:
-        segments += [(full[pos:start], False), (full[start:end], True)]
+    for i, (start, end) in zip(answers, bounds):
+        segments += [(full[pos:start], False), (full[start:end], messages[i].get("weight", 1) != 0)]
         pos = end
     segments.append((full[pos:], False))
     return [(t, a) for t, a in segments if t]
@@ -100,7 +114,7 @@ def tokenize_example(tokenizer, example, max_seq_len, train_on="assistant", over
             raise TooLong(f"dropped: a text longer than max_seq_len ({max_seq_len:,} tokens)")
         return Tokenized(ids[:max_seq_len], [True] * max_seq_len, example.row, True,
                          f"cut to its first {max_seq_len:,} tokens (a plain text)")
-    pieces = chat_segments(tokenizer, example.messages)
+    pieces = chat_segments(tokenizer, example.messages, example.tools)
     ids, mask, fits, answers, kept = [], [], 0, sum(a for _, a in pieces), 0
     for text, answer in pieces:
         if len(ids) > max_seq_len:  # one token past the limit is enough to know the example is too long
@@ -155,6 +169,11 @@ def tokenize_data(data, tokenizer, max_seq_len, train_on="assistant", overlong="
             report.note("overlong", ex.row, "-", t.cut)
             report.truncated += 1
         out.append(t)
+    native = [supports_tools(tokenizer, ex.tools) for ex in data.examples
+              if ex.messages is not None and uses_tools(ex.messages, ex.tools)]
+    for how in (True, False):
+        if how in native:
+            note_tool_format(report, native.count(how), how)
     return out
 
 

@@ -1,7 +1,8 @@
 """The dataset builder: load examples (file, upload, Python object, Hub name), see how they were read, page through
 them, edit them turn by turn, see the validation report, the rendered template with the trained tokens highlighted,
 the token-length histogram and the train/validation split. With autosave=, every edit is saved at once to that
-JSONL file."""
+JSONL file. Examples with tools, tool calls or turn weights are shown read-only in the editor (in code,
+update_example keeps their tools)."""
 import copy
 import warnings
 from pathlib import Path
@@ -14,6 +15,7 @@ from ..core.config import TrainConfig
 from ..core.data import ChatData, DataReport, load_examples, load_examples_from_bytes, peek_columns
 from ..core.errors import RowProblem
 from ..core.formats import FORMAT_COLUMNS, FORMAT_NAMES, normalise
+from ..core.function_calling import fallback_messages, supports_tools, uses_tools
 from ..core.durable import write_text
 from ..core.errors import DataError
 from ._common import LiveChart, Panel, esc, message, plural
@@ -102,8 +104,8 @@ class DatasetBuilder(Panel):
         self._draw_report(report)
         return report
 
-    def add_example(self, messages):
-        ex = self._check(messages)
+    def add_example(self, messages, tools=None):
+        ex = self._check(messages, tools)
         ex.row = len(self.examples) + 1
         self.examples.append(ex)
         self.selected = len(self.examples) - 1
@@ -111,8 +113,9 @@ class DatasetBuilder(Panel):
         self._refresh()
         return self.selected
 
-    def update_example(self, i, messages):
-        ex = self._check(messages)
+    def update_example(self, i, messages, tools=None):
+        """Replace example i's messages; `tools` replaces its tool list ([] removes it), None keeps it."""
+        ex = self._check(messages, self.examples[i].tools if tools is None else tools)
         ex.row = self.examples[i].row
         self.examples[i] = ex
         self._save()
@@ -128,9 +131,9 @@ class DatasetBuilder(Panel):
         return self.dataset.split(self.val_fraction.value if val_fraction is None else val_fraction,
                                   self.seed.value if seed is None else seed)
 
-    def _check(self, messages):
+    def _check(self, messages, tools=None):
         try:
-            return normalise({"messages": messages}, "messages", {"messages": "messages"})
+            return normalise({"messages": messages, "tools": tools}, "messages", {"messages": "messages"})
         except RowProblem as p:
             raise DataError(p.reason, field=p.field) from None
 
@@ -152,9 +155,13 @@ class DatasetBuilder(Panel):
         if ex.text is not None:
             return f'<pre style="white-space:pre-wrap"><mark>{esc(ex.text)}</mark></pre>'
         parts = [f'<mark style="background:#c8e6c9">{esc(t)}</mark>' if trained else esc(t)
-                 for t, trained in chat_segments(tok, ex.messages)]
+                 for t, trained in chat_segments(tok, ex.messages, ex.tools)]
         n = len(tokenize_example(tok, ex, 10 ** 9))
-        return (f'<div style="font-size:0.85em;color:#555">{n} tokens; highlighted: trained on</div>'
+        how = ""
+        if uses_tools(ex.messages, ex.tools):
+            how = ("; tools in the chat template's own format" if supports_tools(tok, ex.tools) else
+                   "; tools in ftnb's fallback format (the chat template has no tool support)")
+        return (f'<div style="font-size:0.85em;color:#555">{n} tokens; highlighted: trained on{how}</div>'
                 f'<pre style="white-space:pre-wrap;font-size:0.85em">{"".join(parts)}</pre>')
 
     def token_lengths(self):
@@ -196,6 +203,7 @@ class DatasetBuilder(Panel):
         self.delete_button = w.Button(description="Delete example", icon="trash", button_style="danger")
         self.delete_button.on_click(lambda _: self._guard(self.delete_example, self.selected) if self.examples else None)
         self.editing = None  # index being edited, None for a new example
+        self.read_only = False
         self.editor_msg = w.HTML()
         self.report_html = w.HTML()
         self.template_html = w.HTML()
@@ -296,8 +304,9 @@ class DatasetBuilder(Panel):
         for i in range(self.page * PAGE, min(len(self.examples), (self.page + 1) * PAGE)):
             ex = self.examples[i]
             if ex.messages:
-                user = next((m["content"] for m in ex.messages if m["role"] == "user"), "")
-                answer = next((m["content"] for m in ex.messages if m["role"] == "assistant"), "")
+                shown = fallback_messages(ex.messages)  # tool calls as text
+                user = next((m["content"] for m in shown if m["role"] == "user"), "")
+                answer = next((m["content"] for m in shown if m["role"] == "assistant"), "")
                 turns = len(ex.messages)
             else:
                 user, answer, turns = ex.text, "", 1
@@ -350,7 +359,11 @@ class DatasetBuilder(Panel):
         ex = self.examples[i]
         self.editing = i
         msgs = ex.messages or [{"role": "user", "content": ex.text or ""}]
-        self.turns.children = [self._turn_row(m["role"], m["content"]) for m in msgs]
+        self._read_only(bool(ex.tools) or any(set(m) != {"role", "content"} for m in msgs))
+        if self.read_only:
+            self.turns.children = [self._shown_row(m) for m in fallback_messages(msgs)]
+        else:
+            self.turns.children = [self._turn_row(m["role"], m["content"]) for m in msgs]
         if self.pick.value != i + 1:
             self.pick.value = i + 1
 
@@ -362,6 +375,23 @@ class DatasetBuilder(Panel):
         remove.on_click(lambda _: setattr(self.turns, "children", [x for x in self.turns.children if x is not row]))
         return row
 
+    def _read_only(self, read_only):
+        """Examples with tools, tool calls or turn weights are shown, not edited: the turn editor has no place for
+        them, and saving would drop them."""
+        if read_only:
+            self.editor_msg.value = message("info", "This example has tools, tool calls or turn weights: shown "
+                                                    "read-only (calls as <tool_call> text). Edit it in its file, or in "
+                                                    "code with builder.update_example(i, messages), which keeps its tools.")
+        elif self.read_only:
+            self.editor_msg.value = ""
+        self.read_only = read_only
+        self.add_turn_button.disabled = self.save_button.disabled = read_only
+
+    def _shown_row(self, m):
+        role = m["role"] + (" (weight 0)" if m.get("weight") == 0 else "")
+        return w.HBox([w.Label(role, layout=w.Layout(width="110px")),
+                       w.Textarea(value=m["content"], disabled=True, layout=w.Layout(width="560px", height="60px"))])
+
     def _add_turn_row(self):
         last = self.turns.children[-1].children[0].value if self.turns.children else "assistant"
         self.turns.children = list(self.turns.children) + [self._turn_row("assistant" if last == "user" else "user")]
@@ -371,9 +401,12 @@ class DatasetBuilder(Panel):
 
     def _new_editor(self):
         self.editing = None
+        self._read_only(False)
         self.turns.children = [self._turn_row("user"), self._turn_row("assistant")]
 
     def _save_editor(self):
+        if self.read_only:
+            raise DataError("this example is shown read-only (it has tools, tool calls or turn weights)")
         msgs = self.editor_messages()
         if self.editing is None:
             self.add_example(msgs)
