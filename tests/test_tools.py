@@ -281,11 +281,11 @@ def tool_rows(draw):
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(tool_rows(), min_size=1, max_size=3))
 def test_random_tool_rows_load_render_and_round_trip_or_are_row_problems(tok, rows):
-    data = load_examples(rows)
+    data = load_examples(rows, fix_encoding=False)  # a lone U+0080 would be repaired as mojibake for '€'
     assert data.report.rows == data.report.usable + data.report.bad == len(rows)
     if not len(data):
         return
-    back = load_examples([json.loads(line) for line in data.to_jsonl().split("\n")[:-1]])
+    back = load_examples([json.loads(line) for line in data.to_jsonl().split("\n")[:-1]], fix_encoding=False)
     assert [(e.messages, e.tools) for e in back] == [(e.messages, e.tools) for e in data]
     for ex in data:
         segments = chat_segments(tok, ex.messages, ex.tools)

@@ -335,7 +335,7 @@ def _saved_data(rd):
 def _saved_examples(path):
     if not path.exists() or path.stat().st_size == 0:
         return ChatData([], DataReport(str(path)))
-    return load_examples(path, "auto")
+    return load_examples(path, "auto", fix_encoding=False)  # ftnb's own copy: exactly what was trained on
 
 
 def _run(cfg, run_dir, data, val_data, subscribers, stop_event, progress, resume_from, procs, base_model=None,
