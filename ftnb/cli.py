@@ -100,7 +100,8 @@ def cmd_data(args):
         tokenize_data(data, tokenizer, args.max_seq_len, args.train_on, args.overlong)
     print(data.report.render(limit=args.limit))
     if data.report.usable:
-        print(f"  {data.report.usable} examples ready for {args.model} at max_seq_len {args.max_seq_len}")
+        n = data.report.usable
+        print(f"  {n} example{'' if n == 1 else 's'} ready to train (model {args.model}, max_seq_len {args.max_seq_len})")
     else:
         print("  nothing to train on", file=sys.stderr)
         sys.exit(1)

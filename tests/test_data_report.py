@@ -102,7 +102,7 @@ def test_the_summary_is_printed_before_training(tmp_path, capsys):
 def test_ftnb_data_exit_status(tmp_path, capsys):
     good = write_csv(tmp_path / "good.csv", ["prompt", "completion"], [r[:2] for r in faq_rows(3)])
     main(["data", str(good), "--model", "tiny"])
-    assert "3 examples ready for tiny at max_seq_len 1024" in capsys.readouterr().out
+    assert "3 examples ready to train (model tiny, max_seq_len 1024)" in capsys.readouterr().out
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"messages": [{"role": "user", "content": "no answer"}]}) + "\n")
     with pytest.raises(SystemExit) as e:

@@ -86,7 +86,8 @@ class DataReport:
             lines.extend(f"    {unit} {text}" for text in items[:limit])
             if count > limit:
                 lines.append(f"    ... and {count - limit} more" + (f" (all in {full_list})" if full_list else ""))
-        section(f"{self.bad} rejected", self.bad, [f"{p.row}, {p.field}: {p.reason}" for p in self.problems])
+        section(f"{self.bad} rejected", self.bad,
+                [f"{p.row}{'' if p.field in ('-', '') else ', ' + p.field}: {p.reason}" for p in self.problems])
         section(f"{rows(len(self.overlong))} longer than max_seq_len", len(self.overlong),
                 [f"{n.row}: {n.detail}" for n in self.overlong])
         section(f"{rows(len(self.duplicates))} repeating an earlier one (kept; copies are never split between "

@@ -155,7 +155,8 @@ def data_summary(train_set, val_set, where):
     text = train_set.report.render(full_list=where)
     if val_set.report is not train_set.report:
         text += "\nvalidation " + val_set.report.render(full_list=where)
-    split = f"{len(train_set)} examples to train on, {len(val_set)} to validate"
+    count = lambda part: len(part.tokenized if part.tokenized is not None else part)  # noqa: E731
+    split = f"{count(train_set)} examples to train on, {count(val_set)} to validate"
     return f"{text}\n  {split}" + (f" (+{train_set.replay} replayed)" if getattr(train_set, "replay", 0) else "")
 
 
