@@ -129,3 +129,30 @@ def test_the_panel_offers_a_mapping_after_a_failed_load_and_shows_the_report(tmp
     assert report.overlong[0].row == 7 and "line 7: dropped" in b.report_html.value
     assert len(b.report.overlong) == 0  # the check works on a copy: the examples stay as they are
     assert sorted(p.name for p in tmp_path.iterdir()) == ["faq.csv"]  # no autosave asked: no file
+
+
+def test_encodings_json_errors_and_tool_calls_reach_the_cli_and_the_panel(tmp_path, capsys):
+    from ftnb.panels import DatasetBuilder
+    faq = tmp_path / "faq.csv"  # a spreadsheet export: UTF-16 with a BOM, one answer with mojibake
+    faq.write_text("Question,Answer\nOpening hours?,We’re open from 6pm.\nSundays?,"
+                   + "We’re closed on Sundays.".encode("utf-8").decode("cp1252") + "\n", encoding="utf-16")
+    broken = tmp_path / "broken.json"
+    broken.write_text('[\n {"prompt": "a", "completion": "b"},\n {"prompt": "c" "completion": "d"}\n]\n')
+    tools = tmp_path / "tools.jsonl"
+    tools.write_text(json.dumps({"tools": [{"type": "function", "function": {"name": "check_table"}}], "messages": [
+        {"role": "user", "content": "Table for 2?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {
+            "name": "check_table", "arguments": '{"people": 2}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "free"},
+        {"role": "assistant", "content": "Yes, we have one."}]}) + "\n")
+    main(["data", str(faq), "--model", "tiny"])
+    out = capsys.readouterr().out
+    assert "utf-16-le with BOM" in out and "line 3, Answer: mojibake 'â€™' repaired to '’'" in out
+    with pytest.raises(SystemExit):
+        main(["data", str(broken), "--model", "tiny"])
+    assert "invalid JSON at line 3, column 17" in capsys.readouterr().err
+    main(["data", str(tools), "--model", "tiny"])
+    assert "1 row with tools or tool calls, rendered in ftnb's fallback tool format" in capsys.readouterr().out
+    b = DatasetBuilder.from_source(str(faq), model="tiny")
+    assert "utf-16-le with BOM" in b.report_html.value and "mojibake" in b.report_html.value
+    assert b.examples[1].messages[1]["content"] == "We’re closed on Sundays."
