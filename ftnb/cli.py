@@ -141,7 +141,7 @@ def cmd_generate(args):
 
 
 def cmd_export(args):
-    from .core.export import export
+    from .export import export
     res = export(args.run, args.merge, merge=True, trust_remote_code=args.trust_remote_code)
     print(f"wrote {res['out']} (merged: {res['merged']}); verified on {len(res['prompts'])} prompts: "
           f"max logit difference to the tuned model {res['max_logit_gap']:.2e}"

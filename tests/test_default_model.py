@@ -30,6 +30,6 @@ def test_a_few_lora_steps_on_the_demo_data_then_export(tmp_path, default_model):
     assert len(losses) == 3 and losses[-1] < losses[0]
     meta = (run.run_dir.path / "meta.json").read_text()
     assert '"trainable_params": 4884480' in meta  # r=16 on every linear layer of SmolLM2-135M
-    from ftnb.core.export import export
+    from ftnb.export import export
     res = export(run.run_dir.path, tmp_path / "merged")
     assert res["max_logit_gap"] < 1e-3 < res["base_vs_tuned_gap"]

@@ -13,7 +13,7 @@ import transformers
 import ftnb
 from ftnb import RunDir, RunError
 from ftnb.core.durable import atomic_dir
-from ftnb.core.export import export
+from ftnb.export import export
 
 KILL_MID_SWAP = """
 import os, signal, sys

@@ -6,7 +6,7 @@ import stat
 import pytest
 
 import ftnb
-from ftnb.core.export import export
+from ftnb.export import export
 
 
 @pytest.fixture
