@@ -61,6 +61,12 @@ def mapping(text):
     return {role.strip(): col.strip() for role, _, col in pairs}
 
 
+def _add_checkpoint_flag(p):
+    p.add_argument("--checkpoint", default=None, metavar="best|last|STEP",
+                   help="which weights: 'last' (the final weights; default), 'best' (the best checkpoint within the "
+                        "forgetting budget, or of the validation loss) or a step number")
+
+
 def _add_trust_flag(p):
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow Python code shipped with the run's model (a run folder's own config cannot turn this "
@@ -135,15 +141,16 @@ def cmd_runs(args):
 
 def cmd_generate(args):
     from .core.train import load_run
-    run = load_run(args.run, trust_remote_code=args.trust_remote_code)
+    run = load_run(args.run, checkpoint=args.checkpoint, trust_remote_code=args.trust_remote_code)
+    print(f"({run.weights})\n")
     for p, a in zip(args.prompts, run.generate(args.prompts, args.max_new_tokens)):
         print(f"> {p}\n{a}\n")
 
 
 def cmd_export(args):
     from .export import export
-    res = export(args.run, args.merge, merge=True, trust_remote_code=args.trust_remote_code)
-    print(f"wrote {res['out']} (merged: {res['merged']}); verified on {len(res['prompts'])} prompts: "
+    res = export(args.run, args.merge, merge=True, trust_remote_code=args.trust_remote_code, checkpoint=args.checkpoint)
+    print(f"wrote {res['out']} from {res['weights']} (merged: {res['merged']}); verified on {len(res['prompts'])} prompts: "
           f"max logit difference to the tuned model {res['max_logit_gap']:.2e}"
           + (f" (the base model differs by {res['base_vs_tuned_gap']:.2f})" if res["base_vs_tuned_gap"] else ""))
 
@@ -236,6 +243,7 @@ def main(argv=None):
     p.add_argument("run")
     p.add_argument("prompts", nargs="+")
     p.add_argument("--max-new-tokens", type=int, default=64)
+    _add_checkpoint_flag(p)
     _add_trust_flag(p)
     p.set_defaults(fn=cmd_generate)
 
@@ -249,6 +257,7 @@ def main(argv=None):
     p = sub.add_parser("export", help="merge a LoRA run into a standard transformers folder and verify it")
     p.add_argument("run")
     p.add_argument("--merge", required=True, metavar="OUT", help="folder to write (must not exist)")
+    _add_checkpoint_flag(p)
     _add_trust_flag(p)
     p.set_defaults(fn=cmd_export)
 

@@ -126,6 +126,11 @@ class TrainConfig:
     seed: int = _f(42, "Seeds the data order, adapter initialisation and dropout: same seed, same run.", "runtime")
     log_every: int = _f(1, "Write train metrics every N steps (the loss is read back from the device only then).", "runtime")
     eval_every: int = _f(0, "Validation loss every N steps (0: at the end of each epoch). Always at the end.", "runtime")
+    early_stopping_patience: int = _f(0, "Stop when the validation loss has not improved for this many evaluations "
+                                      "(0: never). The best step's checkpoint is kept; the run ends finished, with "
+                                      "the reason in status.json. Too small stops on noise.", "training")
+    early_stopping_min_delta: float = _f(0.0, "How much lower the validation loss must be to count as improving "
+                                         "(early stopping).", "training")
     save_every: int = _f(0, "Checkpoint every N steps (0: at the end of each epoch). Resume starts from the last one.", "runtime")
     keep_checkpoints: int = _f(2, "How many recent checkpoints to keep on disk (the best one is always kept).", "runtime")
     sample_prompts: list = _f([], "Prompts answered (greedily) at each evaluation, to watch the model change.", "runtime")
@@ -174,6 +179,10 @@ class TrainConfig:
             need(getattr(self, name) >= 1, name, f"must be at least 1, not {getattr(self, name)}")
         for name in ("eval_every", "save_every"):
             need(getattr(self, name) >= 0, name, f"must be 0 or more, not {getattr(self, name)}")
+        need(self.early_stopping_patience >= 0, "early_stopping_patience",
+             f"must be 0 (off) or more, not {self.early_stopping_patience}")
+        need(self.early_stopping_min_delta >= 0, "early_stopping_min_delta",
+             f"must be 0 or more, not {self.early_stopping_min_delta}")
         need(self.keep_checkpoints >= 1, "keep_checkpoints", f"must be at least 1, not {self.keep_checkpoints}")
         need(self.output_dir.strip(), "output_dir", "must name a folder")
         need(self.probe_every >= -1, "probe_every", f"must be -1, 0 or more, not {self.probe_every}")

@@ -168,6 +168,13 @@ def read_budget(folder):
     return out
 
 
+def read_budget_best(folder):
+    """probe/budget.json's best step (the forgetting budget's choice so far), or None."""
+    value, _ = read_untrusted_json(folder / "budget.json")
+    best = value.get("best_step") if isinstance(value, dict) else None
+    return best if isinstance(best, int) and not isinstance(best, bool) and best >= 0 else None
+
+
 def read_probe_step(run_dir, step):
     """The kept answers of the probe at `step` ({"step", "gen": [{question, answer, ok}] or None}), or None when the
     file is missing or unreadable."""

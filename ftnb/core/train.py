@@ -28,7 +28,7 @@ from .distributed import Processes
 from .durable import atomic_dir, write_json, write_text
 from .errors import ConfigError, DataError, RunError
 from .events import EventBus, RunDirWriter
-from .forgetting import L2SP, ForgettingProbe, KLToBase, replay_examples
+from .forgetting import L2SP, ForgettingProbe, KLToBase, read_budget_best, replay_examples
 from .generate import compare, generate
 from .loss import StepLoss, loss_sum, split_head
 from .models import (DEFAULT_HUB_ID, LOAD_LOCK, apply_lora, check_safe_folder, decoder_layers, load_model,
@@ -50,6 +50,7 @@ class Run:
         self.model_path = None
         self.extra_loss = []  # callables (model, step) -> tensor added to each step's loss (mitigations)
         self.best_checkpoint = None  # step of the best checkpoint within the forgetting budget
+        self.weights = None  # which weights load_run loaded, in words
         self.stop_reason = None
         self.steps_per_epoch = 0
         self.emit = lambda kind, step, **data: None  # set by the loop: subscribers publish events through it
@@ -482,13 +483,28 @@ def _fit(run, cfg, run_dir, bus, subscribers, progress, device, model_path, resu
         return whole and whole[0]
 
     def validate(step):
+        """Validation loss (and sample answers) at `step`; the best step is kept on disk; returns the loss."""
         val = evaluate(model, val_examples, max_tokens, cfg, device, parts, procs)
         with procs.gathered(bool(cfg.sample_prompts)):
             samples = [{"prompt": p, "answer": a} for p, a in zip(cfg.sample_prompts, generate(
                 model, tok, cfg.sample_prompts, 48))] if cfg.sample_prompts and procs.main else []
         bus.emit("eval", step, run, epoch=round(plan.epoch_of(step), 4), val_loss=val,
                  elapsed_s=round(time.perf_counter() - t_start, 3), samples=samples)
+        watch.add(step, val)
+        if not cfg.probe:  # with the probe on, the best step is the forgetting budget's choice (ForgettingProbe)
+            run.best_checkpoint = watch.best_step
+        # the best step is always saved (and spared by pruning), whatever save_every says; all processes agree
+        if step < plan.total_steps and not run.schedule(step, "save") and procs.any(
+                procs.main and run.best_checkpoint == step):
+            save(step)
+        return val
 
+    watch = ValidationWatch(cfg, [(m["step"], m["val_loss"]) for m in run_dir.metrics() if m["kind"] == "eval"]
+                            if resume_from is not None and procs.main else ())
+    watch = procs.main_first(lambda: watch)  # on resume, process 0 read the history: every process agrees
+    if watch.best_step is not None and not cfg.probe:
+        run.best_checkpoint = watch.best_step
+    early = False
     run_loss = torch.zeros((), device=device)
     run_reg = torch.zeros((), device=device)
     run_targets, run_steps, log_tokens, log_train_s = 0, 0, 0, 0.0
@@ -557,25 +573,55 @@ def _fit(run, cfg, run_dir, bus, subscribers, progress, device, model_path, resu
             log_train_s += time.perf_counter() - t0
         if val_examples and run.schedule(step, "eval"):
             validate(step)  # also when stopping now: the step's point on the validation curve is kept
+            if not end and watch.exhausted():
+                run.stop_reason, early = watch.reason(), True
+                break
         # several processes agree on stopping where they synchronise anyway: at logged steps
         if not end and (logged or procs.world == 1) and procs.any(
                 procs.main and (run.stop_event.is_set() or run_dir.stop_requested())):
             break
         if run.schedule(step, "save"):
             save(step)
-    # cleanup: a stopped run keeps a checkpoint to resume from; a finished one writes its weights
-    stopped = step < plan.total_steps
+    # cleanup: a stopped run keeps a checkpoint to resume from; a finished one (early stopping too) writes its weights
+    stopped = step < plan.total_steps and not early
     weights = save(step, end=not stopped)
     if procs.main and stopped:
         run_dir.stop_path.unlink(missing_ok=True)
-        bus.emit("stopped", step, run, output=None, reason=run.stop_reason or "stop requested")
+        bus.emit("stopped", step, run, output=None, reason=run.stop_reason or "stop requested",
+                 best_checkpoint=run.best_checkpoint)
     elif procs.main:
         out = run_dir.path / ("adapter" if cfg.method == "lora" else "model")
         base_name = DEFAULT_HUB_ID if cfg.model == "default" else model_path if cfg.model == "tiny" else cfg.model
         atomic_dir(out, lambda tmp: ckpt.save_weights(model, tok, tmp, base_name, weights))
-        bus.emit("finished", step, run, output=str(out), best_checkpoint=run.best_checkpoint)
+        bus.emit("finished", step, run, output=str(out), best_checkpoint=run.best_checkpoint,
+                 **({"reason": run.stop_reason} if early else {}))
     procs.barrier()  # when train() returns on any process, the run's files are written
     return run
+
+
+class ValidationWatch:
+    """The best validation loss so far, its step, and how many evaluations since it improved by more than
+    early_stopping_min_delta (early stopping after early_stopping_patience of them). Built again from the
+    metrics of a resumed run, so a resume decides as the run would have."""
+
+    def __init__(self, cfg, history=()):
+        self.patience, self.min_delta = cfg.early_stopping_patience, cfg.early_stopping_min_delta
+        self.best, self.best_step, self.since = math.inf, None, 0
+        for step, val in history:
+            self.add(step, val)
+
+    def add(self, step, val):
+        if val < self.best - self.min_delta:
+            self.best, self.best_step, self.since = val, step, 0
+        else:
+            self.since += 1
+
+    def exhausted(self):
+        return bool(self.patience) and self.since >= self.patience
+
+    def reason(self):
+        return (f"early stopping: the validation loss did not improve by more than {self.min_delta:g} in "
+                f"{self.since} evaluations (best {self.best:.4f} at step {self.best_step})")
 
 
 def _meta(model, model_path, device, max_tokens, procs):
@@ -594,18 +640,14 @@ def _meta(model, model_path, device, max_tokens, procs):
 
 
 def load_run(run_dir, device="auto", checkpoint=None, trust_remote_code=False):
-    """A finished (or checkpointed) run's model and tokenizer, ready to generate or probe. `trust_remote_code`:
-    allow the model's own Python code (never taken from the run folder, which may come from anyone)."""
+    """A run's model and tokenizer, ready to generate or probe: `checkpoint` "last" (or None: the final weights, or
+    the newest checkpoint of an unfinished run), "best" (the best step within the forgetting budget, or of the
+    validation loss without the probe) or a step number. `run.weights` says which was loaded.
+    `trust_remote_code`: allow the model's own Python code (never taken from the run folder, which may come from
+    anyone)."""
     rd = RunDir(run_dir)
     cfg = _folder_config(rd, trust_remote_code)
-    weights = rd.weights_path
-    if checkpoint is not None or weights is None:
-        cks = [c for c in rd.checkpoints() if checkpoint is None or c[0] == checkpoint]
-        if not cks:
-            raise RunError(f"{rd.path} has no weights yet (no adapter/, model/ or checkpoint)")
-        weights = _weights_in(cks[-1][1])
-        if weights is None:
-            raise RunError(f"{cks[-1][1]} holds neither adapter/ nor model/")
+    weights, which = choose_weights(rd, checkpoint)
     check_safe_folder(weights)
     dev = pick_device(device)
     if weights.name == "adapter":
@@ -624,4 +666,40 @@ def load_run(run_dir, device="auto", checkpoint=None, trust_remote_code=False):
     run = Run(cfg, rd.path, model, tok)
     st = rd.status()
     run.step, run.total_steps = st["step"], st.get("total_steps") or 0
+    run.best_checkpoint, run.weights = best_step(rd), which
     return run
+
+
+def best_step(rd):
+    """The step of a run's best checkpoint (status.json's, or the forgetting budget's while it runs), or None."""
+    best = rd.status().get("best_checkpoint")
+    if best is None:
+        best = read_budget_best(rd.path / "probe")
+    return best
+
+
+def choose_weights(rd, checkpoint=None):
+    """(adapter/ or model/ folder, what it is in words) of `checkpoint`: None or "last", "best", or a step."""
+    if checkpoint in (None, "last"):
+        if rd.weights_path is not None:
+            return rd.weights_path, f"the final weights (step {rd.status()['step']})"
+        checkpoint = rd.checkpoints()[-1][0] if rd.checkpoints() else None
+        if checkpoint is None:
+            raise RunError(f"{rd.path} has no weights yet (no adapter/, model/ or checkpoint)")
+    what = "checkpoint"
+    if checkpoint == "best":
+        checkpoint, what = best_step(rd), "the best checkpoint"
+        if checkpoint is None:
+            raise RunError(f"{rd.path} has no best checkpoint: no evaluation was within the forgetting budget (or "
+                           "the run has no validation); use checkpoint='last' or a step")
+    if isinstance(checkpoint, str) and checkpoint.isdigit():
+        checkpoint = int(checkpoint)
+    if not isinstance(checkpoint, int) or isinstance(checkpoint, bool):
+        raise RunError(f"checkpoint must be 'best', 'last' or a step number, not {checkpoint!r}")
+    steps = dict(rd.checkpoints())
+    if checkpoint not in steps:
+        raise RunError(f"{rd.path} has no checkpoint at step {checkpoint} (it has {', '.join(map(str, steps)) or 'none'})")
+    weights = _weights_in(steps[checkpoint])
+    if weights is None:
+        raise RunError(f"{steps[checkpoint]} holds neither adapter/ nor model/")
+    return weights, f"{what} of step {checkpoint}"

@@ -26,14 +26,16 @@ def max_logit_gap(a, b):
     return max(float((x - y).abs().max()) for x, y in zip(a, b))
 
 
-def export(run_dir, out, merge=True, prompts=CHECK_PROMPTS, tolerance=1e-3, overwrite=False, trust_remote_code=False):
+def export(run_dir, out, merge=True, prompts=CHECK_PROMPTS, tolerance=1e-3, overwrite=False, trust_remote_code=False,
+           checkpoint=None):
     """Write the run's model to `out` (merged when it is a LoRA run) and verify it. Returns a dict of what was done.
-    `trust_remote_code`: allow the model's own Python code (never taken from the run folder)."""
+    `checkpoint`: "last" (default), "best" or a step; `trust_remote_code`: allow the model's own Python code (never
+    taken from the run folder)."""
     from transformers import AutoModelForCausalLM
     out = Path(out).expanduser()
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise RunError(f"{out} exists and is not empty; choose a new folder (nothing was written)")
-    run = load_run(run_dir, device="cpu", trust_remote_code=trust_remote_code)
+    run = load_run(run_dir, device="cpu", checkpoint=checkpoint, trust_remote_code=trust_remote_code)
     model, tok = run.model, run.tokenizer
     reference = _logits(model, tok, prompts)
     is_lora = hasattr(model, "merge_and_unload")
@@ -58,5 +60,5 @@ def export(run_dir, out, merge=True, prompts=CHECK_PROMPTS, tolerance=1e-3, over
     if not gap <= tolerance * max(1.0, max(float(r.abs().max()) for r in reference)):
         raise RunError(f"the exported model's logits differ from the tuned model's by {gap:.3g}; {out} is not "
                        "trustworthy (kept for inspection)")
-    return {"out": str(out), "merged": is_lora, "max_logit_gap": gap, "base_vs_tuned_gap": base_gap,
-            "prompts": list(prompts)}
+    return {"out": str(out), "merged": is_lora, "weights": run.weights, "max_logit_gap": gap,
+            "base_vs_tuned_gap": base_gap, "prompts": list(prompts)}
