@@ -236,7 +236,7 @@ class History:
         self.val = {"step": [], "val_loss": []}
         self.probe, self.samples, self.last = [], [], {}
         self.skipped = 0  # lines of the file that were not metrics lines
-        self.total_steps, self.state, self.error = None, "new", None
+        self.total_steps, self.state, self.error, self.best = None, "new", None, None  # from status.json
 
     def add(self, row):
         """A typed row (see `typed`)."""

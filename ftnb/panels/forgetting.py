@@ -12,6 +12,7 @@ from ..core.forgetting import read_probe_step
 from ..core.metrics import History
 from ..core.probe import ProbeSuite
 from ..core.rundir import RunDir
+from ..core.train import best_step
 from ._common import LiveChart, Panel, esc, message
 
 MITIGATIONS = [  # (field, widget kind, one line)
@@ -104,8 +105,17 @@ class ForgettingPanel(Panel):
                                + (f"retention <b>{ret:.1%}</b>, " if ret is not None else "")
                                + f"KL {s.get('kl') or 0:.4f}, perplexity {s.get('ppl') or 0:.2f} "
                                f"(base {s.get('ppl_base') or 0:.2f})"
-                               + (f"; one probe pass {s['seconds']:.1f} s" if s.get("seconds") else ""))
+                               + (f"; one probe pass {s['seconds']:.1f} s" if s.get("seconds") else "")
+                               + self._best_text())
         self._draw_details()
+
+    def _best_text(self):
+        """Which checkpoint the forgetting budget chose so far (load it with checkpoint="best")."""
+        live = self.monitor is not None and self.monitor.run is not None
+        best = self.monitor.run.best_checkpoint if live else (best_step(self.run_dir) if self.run_dir else None)
+        if best is None:
+            return "; no checkpoint within the forgetting budget yet"
+        return f"; best checkpoint within the budget: step {esc(best)}"
 
     def _draw_details(self):
         if self.run_dir is None:

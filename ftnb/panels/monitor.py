@@ -171,6 +171,7 @@ class TrainingMonitor(Panel):
         h = self.history
         h.state, h.error = st.get("state", "unknown"), st.get("error")
         h.total_steps = st.get("total_steps") or h.total_steps
+        h.best = st.get("best_checkpoint", h.best)
         self.status.value = message("error" if h.state in ("failed", "interrupted", "not responding", "unreadable")
                                     else "info",
                                     f"{self.run_dir.path}: {h.state}" + (f" ({h.error})" if h.error else ""))
@@ -211,6 +212,9 @@ class TrainingMonitor(Panel):
             parts.append(f"GPU memory {last['mem_gb']:.1f} GB")
         if va["val_loss"]:
             parts.append(f"val loss {va['val_loss'][-1]:.3f}")
+        best = self.run.best_checkpoint if self.run is not None else h.best
+        if best is not None:
+            parts.append(f"best checkpoint: step {best}")
         self.progress_label.value = " · ".join(parts)
         if h.samples:
             rows = "".join(f"<tr><td>{esc(s['prompt'])}</td><td>{esc(s['answer'])}</td></tr>" for s in h.samples)
