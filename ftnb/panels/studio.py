@@ -4,6 +4,7 @@ import ipywidgets as w
 from ..core.data import bundled
 from .compare import RunComparison
 from .dataset import DatasetBuilder
+from .export import ExportPanel
 from .forgetting import ForgettingPanel
 from .form import ConfigForm
 from .monitor import TrainingMonitor
@@ -11,7 +12,7 @@ from ._common import Panel
 
 
 class Studio(Panel):
-    """studio = ftnb.Studio(); studio.builder / .form / .monitor / .forgetting / .comparison are the panels."""
+    """studio = ftnb.Studio(); studio.builder / .form / .monitor / .forgetting / .comparison / .export are the panels."""
 
     def __init__(self, data=None, preset="quick-cpu-demo", config=None, runs_dir=None, autosave=None):
         """`data`: what the Data tab starts with (default: the bundled Luigi's Corner examples); `autosave`: a JSONL
@@ -28,9 +29,10 @@ class Studio(Panel):
         if runs_dir is None:  # compare the runs where the form writes them
             w.dlink((self.form.fields["output_dir"], "value"), (self.comparison.folder, "value"))
         self.monitor.listeners.append(lambda ev: ev.kind in ("finished", "stopped") and self.comparison.refresh())
+        self.export = ExportPanel(self.monitor)
         self.tabs = w.Tab(children=[p.root for p in (self.builder, self.form, self.monitor, self.forgetting,
-                                                     self.comparison)])
-        for i, title in enumerate(("Data", "Settings", "Train", "Forgetting", "Compare")):
+                                                     self.comparison, self.export)])
+        for i, title in enumerate(("Data", "Settings", "Train", "Forgetting", "Compare", "Export")):
             self.tabs.set_title(i, title)
         self.root = self.tabs
 
@@ -38,5 +40,5 @@ class Studio(Panel):
         self.builder.model_name, self.builder.tokenizer = change["new"], None
 
     def close(self):
-        for p in (self.monitor, self.forgetting, self.comparison, self.form, self.builder):
+        for p in (self.export, self.monitor, self.forgetting, self.comparison, self.form, self.builder):
             p.close()

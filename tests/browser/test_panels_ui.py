@@ -156,7 +156,7 @@ def test_studio_trains_and_draws(page, root):
     out = output_of(page, 1)
     widget_tab(out, "Data").wait_for(timeout=90000)
     assert [t.strip() for t in out.locator(".lm-TabBar-tab").all_inner_texts()] == \
-        ["Data", "Settings", "Train", "Forgetting", "Compare"]
+        ["Data", "Settings", "Train", "Forgetting", "Compare", "Export"]
     out.get_by_text("pizza_demo.jsonl").first.wait_for()  # the bundled examples were loaded
     shot(page, out, "data")
     widget_tab(out, "Settings").click()
