@@ -32,7 +32,7 @@ from .forgetting import L2SP, ForgettingProbe, KLToBase, replay_examples
 from .generate import compare, generate
 from .loss import StepLoss, loss_sum, split_head
 from .models import (DEFAULT_HUB_ID, LOAD_LOCK, apply_lora, check_safe_folder, decoder_layers, load_model,
-                     load_tokenizer, pick_device, resolve_model)
+                     load_tokenizer, pick_device, provenance, resolve_model)
 from .rundir import RunDir
 
 COMPILE_BACKEND = "inductor"  # for `compile=True`; tests use "aot_eager" (same graph capture, no code generation)
@@ -590,7 +590,7 @@ def _meta(model, model_path, device, max_tokens, procs):
             "peft": peft.__version__, "model_path": str(model_path), "device": str(device), "params": n_all,
             "trainable_params": n_train, "micro_batch_tokens": max_tokens, "processes": procs.world,
             "sharded": procs.sharded, "params_per_process": n_here, "pid": os.getpid(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), **provenance(model_path)}  # the base, for the model card
 
 
 def load_run(run_dir, device="auto", checkpoint=None, trust_remote_code=False):
