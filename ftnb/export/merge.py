@@ -26,14 +26,16 @@ def max_logit_gap(a, b):
     return max(float((x - y).abs().max()) for x, y in zip(a, b))
 
 
-def export(run_dir, out, merge=True, prompts=CHECK_PROMPTS, tolerance=1e-3, overwrite=False, trust_remote_code=False):
+def export(run_dir, out, merge=True, prompts=CHECK_PROMPTS, tolerance=1e-3, overwrite=False, trust_remote_code=False,
+           checkpoint=None):
     """Write the run's model to `out` (merged when it is a LoRA run) and verify it. Returns a dict of what was done.
-    `trust_remote_code`: allow the model's own Python code (never taken from the run folder)."""
+    `trust_remote_code`: allow the model's own Python code (never taken from the run folder). `checkpoint`: the step
+    of a checkpoint to export instead of the run's final weights."""
     from transformers import AutoModelForCausalLM
     out = Path(out).expanduser()
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise RunError(f"{out} exists and is not empty; choose a new folder (nothing was written)")
-    run = load_run(run_dir, device="cpu", trust_remote_code=trust_remote_code)
+    run = load_run(run_dir, device="cpu", checkpoint=checkpoint, trust_remote_code=trust_remote_code)
     model, tok = run.model, run.tokenizer
     reference = _logits(model, tok, prompts)
     is_lora = hasattr(model, "merge_and_unload")
