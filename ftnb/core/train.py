@@ -9,6 +9,7 @@ Each optimizer step trains on `batch_size` examples, packed without padding into
 how a step is split into passes changes memory, not results. The loss leaves the device only every `log_every`
 steps. The loop publishes events (see events.py); the run directory is written by one of the subscribers.
 """
+import collections
 import math
 import os
 import random
@@ -32,7 +33,7 @@ from .forgetting import L2SP, ForgettingProbe, KLToBase, read_budget_best, repla
 from .generate import compare, generate
 from .loss import StepLoss, loss_sum, split_head
 from .models import (DEFAULT_HUB_ID, LOAD_LOCK, apply_lora, check_safe_folder, decoder_layers, load_model,
-                     load_tokenizer, pick_device, resolve_model)
+                     load_tokenizer, pick_device, provenance, resolve_model)
 from .rundir import RunDir
 
 COMPILE_BACKEND = "inductor"  # for `compile=True`; tests use "aot_eager" (same graph capture, no code generation)
@@ -636,7 +637,7 @@ def _meta(model, model_path, device, max_tokens, procs):
             "peft": peft.__version__, "model_path": str(model_path), "device": str(device), "params": n_all,
             "trainable_params": n_train, "micro_batch_tokens": max_tokens, "processes": procs.world,
             "sharded": procs.sharded, "params_per_process": n_here, "pid": os.getpid(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), **provenance(model_path)}  # the base, for the model card
 
 
 def load_run(run_dir, device="auto", checkpoint=None, trust_remote_code=False):
@@ -647,7 +648,8 @@ def load_run(run_dir, device="auto", checkpoint=None, trust_remote_code=False):
     anyone)."""
     rd = RunDir(run_dir)
     cfg = _folder_config(rd, trust_remote_code)
-    weights, which = choose_weights(rd, checkpoint)
+    chosen = choose_weights(rd, checkpoint)
+    weights = chosen.path
     check_safe_folder(weights)
     dev = pick_device(device)
     if weights.name == "adapter":
@@ -666,7 +668,7 @@ def load_run(run_dir, device="auto", checkpoint=None, trust_remote_code=False):
     run = Run(cfg, rd.path, model, tok)
     st = rd.status()
     run.step, run.total_steps = st["step"], st.get("total_steps") or 0
-    run.best_checkpoint, run.weights = best_step(rd), which
+    run.best_checkpoint, run.weights = best_step(rd), chosen.what
     return run
 
 
@@ -678,11 +680,15 @@ def best_step(rd):
     return best
 
 
+Weights = collections.namedtuple("Weights", "path step from_checkpoint what")  # what: in words, for people
+
+
 def choose_weights(rd, checkpoint=None):
-    """(adapter/ or model/ folder, what it is in words) of `checkpoint`: None or "last", "best", or a step."""
+    """The adapter/ or model/ folder of `checkpoint` (None or "last", "best", or a step) as Weights."""
     if checkpoint in (None, "last"):
         if rd.weights_path is not None:
-            return rd.weights_path, f"the final weights (step {rd.status()['step']})"
+            step = rd.status()["step"]
+            return Weights(rd.weights_path, step, False, f"the final weights (step {step})")
         checkpoint = rd.checkpoints()[-1][0] if rd.checkpoints() else None
         if checkpoint is None:
             raise RunError(f"{rd.path} has no weights yet (no adapter/, model/ or checkpoint)")
@@ -702,4 +708,4 @@ def choose_weights(rd, checkpoint=None):
     weights = _weights_in(steps[checkpoint])
     if weights is None:
         raise RunError(f"{steps[checkpoint]} holds neither adapter/ nor model/")
-    return weights, f"{what} of step {checkpoint}"
+    return Weights(weights, checkpoint, True, f"{what} of step {checkpoint}")
