@@ -122,7 +122,7 @@ def test_a_checkpoint_upload_says_so(probed_run, tmp_path):
     assert "after step 5 of 10 (a checkpoint" in text
     assert "last 5" in _section(text, "Results") and "step 10" not in _section(text, "Results")
     assert "The probe did not run at step 5" in text  # only at step 0 and the end
-    with pytest.raises(ftnb.RunError, match="no checkpoint of step 7 \\(checkpoints: 5, 10\\)"):
+    with pytest.raises(ftnb.RunError, match="no checkpoint at step 7 \\(it has 5, 10\\)"):
         prepare_upload(probed_run, tmp_path / "other", checkpoint=7)
     with pytest.raises(ftnb.RunError, match="not empty"):
         prepare_upload(probed_run, tmp_path / "up")

@@ -39,6 +39,9 @@ def prepare_upload(run_dir, folder, merged=False, checkpoint=None, repo_id=None,
     if folder.exists() and any(folder.iterdir()):
         raise RunError(f"{folder} is not empty; choose a new folder (nothing was written)")
     weights, step, from_checkpoint, _ = choose_weights(rd, checkpoint)
+    if not weights.resolve().is_relative_to(rd.path.resolve()):  # a symlinked folder could name any on this machine
+        raise RunError(f"{weights} points outside the run folder; nothing was written")
+    check_safe_folder(weights)
     base = recorded_base(rd, cfg)
     check = None
     if weights.name == "adapter" and merged:
