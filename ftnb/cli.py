@@ -1,4 +1,4 @@
-"""The `ftnb` command: demo, train, data, resume, stop, runs, generate, probe, export."""
+"""The `ftnb` command: demo, train, data, resume, stop, runs, generate, probe, export, push."""
 import argparse
 import dataclasses
 import json
@@ -155,6 +155,14 @@ def cmd_export(args):
           + (f" (the base model differs by {res['base_vs_tuned_gap']:.2f})" if res["base_vs_tuned_gap"] else ""))
 
 
+def cmd_push(args):
+    from .export.hub import push_to_hub
+    res = push_to_hub(args.run, args.repo_id, private=not args.public, merged=args.merged, checkpoint=args.checkpoint,
+                      trust_remote_code=args.trust_remote_code)
+    print(f"pushed {res['kind']} ({'private' if res['private'] else 'public'}) to {res['url']}: "
+          f"{', '.join(res['files'])}")
+
+
 def cmd_probe(args):
     from .core.probe import format_summary
     from .core.rundir import RunDir
@@ -260,6 +268,16 @@ def main(argv=None):
     _add_checkpoint_flag(p)
     _add_trust_flag(p)
     p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("push", help="upload a run to the Hugging Face Hub with a model card (adapter, or --merged)")
+    p.add_argument("run")
+    p.add_argument("repo_id", help="owner/name (or name, under your account); created when missing")
+    p.add_argument("--merged", action="store_true", help="upload the adapter merged into the base weights: a model that "
+                                                         "works without the base (verified before upload)")
+    p.add_argument("--public", action="store_true", help="make a new repository public (default: private)")
+    _add_checkpoint_flag(p)
+    _add_trust_flag(p)
+    p.set_defaults(fn=cmd_push)
 
     args = parser.parse_args(argv)
     _quiet_libraries()

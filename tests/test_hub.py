@@ -250,6 +250,10 @@ def test_push_sends_the_prepared_folder_to_a_private_repo(dequantised_run, monke
     assert calls[0][2]["private"] is False and [c[0] for c in calls] == ["create_repo", "upload_folder"]
     with pytest.raises(ftnb.RunError, match="not a Hub repo id"):
         push_to_hub(dequantised_run, "me/bad name")
+    calls.clear()  # the command line: the best checkpoint, merged, public
+    from ftnb.cli import main
+    main(["push", str(dequantised_run), "me/cli", "--merged", "--public", "--checkpoint", "last"])
+    assert calls[0][2]["private"] is False and "config.json" in calls[1][2] and "model.safetensors" in calls[1][2]
 
 
 def test_model_card_alone_parses_back(dequantised_run):
