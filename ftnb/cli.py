@@ -18,8 +18,10 @@ def _quiet_libraries():
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     from transformers.utils import logging as hf_logging
+
+    from .core.models import quiet_loading_bars
     hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    quiet_loading_bars()  # downloads still show their progress
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
 
@@ -32,7 +34,8 @@ def _add_config_flags(p):
         if f.type in (bool, "bool"):
             g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
         elif f.type in (list, "list"):
-            g.add_argument(flag, dest=f.name, nargs="*", default=None, help=help_)
+            g.add_argument(flag, dest=f.name, nargs="*", default=None, choices=f.metadata.get("item_choices"),
+                           help=help_)
         elif f.type in (dict, "dict"):
             g.add_argument(flag, dest=f.name, type=mapping, default=None, metavar="ROLE=COLUMN,...",
                            help=help_ + " On the command line: prompt=Questions,completion=Answers (or JSON)")
@@ -196,7 +199,9 @@ directory:
 
 
 def main(argv=None):
+    from . import __version__
     parser = argparse.ArgumentParser(prog="ftnb", description="Fine-tune chat models and measure what they forget.")
+    parser.add_argument("--version", action="version", version=f"ftnb {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="teach the default model a pizza restaurant's facts (LoRA, a few minutes on CPU)")

@@ -64,3 +64,10 @@ def test_forgetting_demo_writes_both_runs_and_the_figure(tmp_path, capsys):
     import ftnb
     runs = {r["name"]: r for r in ftnb.list_runs(tmp_path / "contrast")}
     assert runs["aggressive-full"]["state"] == runs["lora-defaults"]["state"] == "finished"
+
+
+def test_version(capsys):
+    import ftnb
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"ftnb {ftnb.__version__}"

@@ -1,4 +1,5 @@
-"""The same guarantees on a CUDA device (bf16 autocast, fused AdamW, bf16 frozen base for LoRA). Skipped without CUDA."""
+"""The same guarantees on a CUDA device (bf16 or fp16 autocast, fused AdamW, a half-precision frozen base for
+LoRA). Skipped without CUDA."""
 import pytest
 import torch
 
@@ -14,12 +15,13 @@ def losses(run):
     return [m["loss"] for m in run.metrics() if "loss" in m]
 
 
-def test_lora_on_cuda_keeps_the_base_in_bf16_and_learns(tiny_cfg, qa_data):
+def test_lora_on_cuda_keeps_the_base_in_half_precision_and_learns(tiny_cfg, qa_data):
     run = ftnb.train(tiny_cfg, qa_data, device="cuda", epochs=4)
     assert run.run_dir.status()["state"] == "finished"
     dtypes = {p.dtype for n, p in run.model.named_parameters() if not p.requires_grad}
     trained = {p.dtype for p in run.model.parameters() if p.requires_grad}
-    assert dtypes == {torch.bfloat16} and trained == {torch.float32}
+    half = torch.bfloat16 if torch.cuda.get_device_capability() >= (8, 0) else torch.float16  # precision="auto"
+    assert dtypes == {half} and trained == {torch.float32}
     assert losses(run)[-1] < losses(run)[0]
     assert run.metrics()[-1].get("mem_gb") or any("mem_gb" in m for m in run.metrics())
 
@@ -79,3 +81,28 @@ def test_flex_attention_on_cuda_gives_the_sdpa_losses(tiny_cfg, qa_data):
     assert flex.model.config._attn_implementation == "flex_attention"
     assert losses(flex) == pytest.approx(losses(sdpa), rel=2e-2)  # bf16: kernels differ in rounding
     assert flex.run_dir.status()["state"] == "finished"
+
+
+def test_auto_precision_follows_the_gpu(tiny_cfg):
+    from ftnb.core.train import resolve_precision
+    native = torch.cuda.get_device_capability() >= (8, 0)
+    assert resolve_precision("auto", "cuda") == ("bf16" if native else "fp16")
+
+
+def test_fp16_on_cuda_scales_the_loss_and_counts_skipped_steps(tiny_cfg, qa_data):
+    """fp16 autocast with torch.amp.GradScaler("cuda") (and fused AdamW, which unscales inside its kernel): an
+    overflowing step is skipped and counted, the others train."""
+    def overflow_at_step_3(ev):
+        if ev.kind == "start":
+            run = ev.run
+            p = next(p for p in run.model.parameters() if p.requires_grad)
+            p.register_hook(lambda g: g * float("inf") if run.step == 2 else g)
+    run = ftnb.train(tiny_cfg, qa_data, device="cuda", precision="fp16", probe=False, epochs=4,
+                     subscribers=[overflow_at_step_3])
+    assert run.run_dir.status()["state"] == "finished"
+    frozen = {p.dtype for p in run.model.parameters() if not p.requires_grad}
+    assert frozen == {torch.float16}
+    rows = [m for m in run.metrics() if m["kind"] == "train"]
+    assert rows[1]["skipped_steps"] == 0 and rows[2]["skipped_steps"] >= 1
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert all(torch.isfinite(p).all() for p in run.model.parameters())

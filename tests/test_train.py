@@ -165,3 +165,33 @@ def test_micro_batch_size_does_not_change_the_result(tiny_cfg, qa_data):
     b = ftnb.train(tiny_cfg, qa_data, max_steps=3, micro_batch_tokens=64, max_seq_len=64, val_fraction=0)
     for (_, x), (_, y) in zip(losses(a.run_dir.path), losses(b.run_dir.path)):
         assert x == pytest.approx(y, rel=1e-5)
+
+
+def trainer_lrs(name, lr, warmup, total):
+    """The learning rate after each of `total` steps of transformers' own schedule (what a Trainer logs)."""
+    from transformers import get_scheduler
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    sched = get_scheduler(name, opt, num_warmup_steps=warmup, num_training_steps=total)
+    out = []
+    for _ in range(total):
+        opt.step()
+        sched.step()
+        out.append(sched.get_last_lr()[0])
+    return out
+
+
+@pytest.mark.parametrize("schedule,name", [("cosine", "cosine"), ("linear", "linear"),
+                                           ("constant", "constant_with_warmup")])
+def test_learning_rate_follows_the_transformers_schedule(tiny_cfg, qa_data, schedule, name):
+    cfg = tiny_cfg.replace(lr_scheduler=schedule, warmup_steps=3, max_steps=8, probe=False, val_fraction=0)
+    run = ftnb.train(cfg, qa_data)
+    logged = [m["lr"] for m in run.metrics() if m["kind"] == "train"]
+    assert logged == trainer_lrs(name, cfg.learning_rate, 3, 8)  # the same numbers, not just close
+
+
+def test_resume_continues_the_same_schedule(tiny_cfg, qa_data):
+    cfg = tiny_cfg.replace(warmup_steps=4, probe=False, epochs=2)
+    part = ftnb.train(cfg, qa_data, subscribers=[StopAt(3)])  # stopped inside the warm-up
+    resumed = ftnb.resume(part.run_dir.path)
+    logged = [m["lr"] for m in resumed.metrics() if m["kind"] == "train"]
+    assert logged == trainer_lrs("cosine", cfg.learning_rate, 4, 10)

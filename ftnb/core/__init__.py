@@ -11,7 +11,8 @@ WHERE = {  # public name -> the module that defines it
     "FtnbError": "errors", "ModelNotFoundError": "errors", "RunError": "errors", "Event": "events",
     "ProgressBar": "events", "Recorder": "events", "generate": "generate", "compare": "generate",
     "load_model": "models", "resolve_model": "models", "RunDir": "rundir", "list_runs": "rundir", "Run": "train",
-    "train": "train", "resume": "train", "load_run": "train",
+    "train": "train", "resume": "train", "load_run": "train", "probe_run": "probe_saved", "probe_model": "probe_saved",
+    "format_summary": "probe",
 }
 __all__ = list(WHERE)
 

@@ -11,11 +11,16 @@ from .errors import RunError
 
 
 def save_weights(model, tokenizer, out, base_name=None, state_dict=None):
-    """The trained weights as a standard folder: a peft adapter (LoRA) or a transformers model (full).
+    """The trained weights as a standard folder: a peft adapter (LoRA) or a transformers model (full). `base_name`:
+    the base model's Hub id (with '@revision' when pinned), recorded in the adapter's config.
     `state_dict`: the weights gathered from a sharded (FSDP) model, instead of the model's own."""
     if base_name and hasattr(model, "peft_config"):
+        from .models import split_revision
+        repo_id, revision = split_revision(str(base_name))  # 'org/name@v1': peft keeps the revision in its own field
         for pc in model.peft_config.values():
-            pc.base_model_name_or_path = base_name
+            pc.base_model_name_or_path = repo_id
+            if revision:
+                pc.revision = revision
     # save_embedding_layers=False: LoRA never trains embeddings here, and "auto" would look the base model up online
     kw = {"save_embedding_layers": False} if hasattr(model, "peft_config") else {}
     if state_dict is not None:

@@ -21,6 +21,7 @@ def _f(default, help, group, choices=None, **extra):
     return field(default=default, metadata=meta)
 
 
+TRACKERS = ("tensorboard", "mlflow", "wandb", "trackio")  # report_to's names (trackers.py)
 TYPES = {"str": str, "int": int, "float": float, "bool": bool, "list": list, "dict": dict}
 TYPE_NAMES = {str: "a string", int: "a whole number", float: "a number", bool: "true or false", list: "a list",
               dict: "a mapping"}
@@ -30,11 +31,14 @@ TYPE_NAMES = {str: "a string", int: "a whole number", float: "a number", bool: "
 class TrainConfig:
     # -- model --
     model: str = _f("default", "Model to fine-tune: 'default' (SmolLM2-135M-Instruct, shipped offline), a Hugging Face Hub id, "
-                    "or a local folder. Bigger models learn more but train slower and need more memory.", "model")
+                    "or a local folder. Bigger models learn more but train slower and need more memory. A Hub id may "
+                    "pin a revision (branch, tag or commit): 'org/name@v1.0', so a rerun trains the same weights.",
+                    "model")
     method: str = _f("lora", "'lora' trains small adapter matrices beside the frozen weights: fast, small files, forgets less. "
                      "'full' updates every weight: learns most, needs ~4x the memory of the weights, forgets most.", "model",
                      choices=("lora", "full"))
-    trust_remote_code: bool = _f(False, "Run Python code shipped with a Hub model. Only for models you trust.", "model")
+    trust_remote_code: bool = _f(False, "Run Python code shipped with a Hub model (its *.py files are downloaded only "
+                                 "then). Only for models you trust.", "model")
     # -- LoRA --
     lora_r: int = _f(16, "LoRA rank: the size of each adapter. Higher learns more and forgets more; 8-32 is typical.", "lora")
     lora_alpha: float = _f(32.0, "LoRA scale numerator: the adapter's output is multiplied by lora_alpha / lora_r. "
@@ -51,8 +55,9 @@ class TrainConfig:
                        "Saves memory, costs speed; for models that would not fit otherwise.", "lora",
                        choices=("none", "4bit", "8bit"))
     # -- data --
-    data: str = _f("", "Training data: a .jsonl/.json/.csv/.parquet file or a Hub dataset name. "
-                   "Leave empty when passing examples from Python.", "data")
+    data: str = _f("", "Training data: a .jsonl/.json/.csv/.parquet file or a Hub dataset: 'name', 'name:split' or "
+                   "'name:config:split', with a revision pinned as 'name@revision:...'. Leave empty when passing "
+                   "examples from Python.", "data")
     data_format: str = _f("auto", "How rows are read: detected from the columns by default.", "data",
                           choices=("auto", "messages", "sharegpt", "prompt_completion", "alpaca", "text"))
     columns: dict = _f({}, "Which column plays which role, when detection cannot tell: {\"prompt\": \"Questions\", "
@@ -121,8 +126,12 @@ class TrainConfig:
                            "Anchors every weight; keeps a copy of the starting weights in memory. Try 0.01-1.", "forgetting")
     # -- runtime --
     device: str = _f("auto", "'auto' picks CUDA, then Apple MPS, then CPU.", "runtime")
-    precision: str = _f("auto", "'auto': bf16 autocast on CUDA when supported, fp32 elsewhere.", "runtime",
-                        choices=("auto", "fp32", "bf16"))
+    precision: str = _f("auto", "Arithmetic of the forward and backward passes. 'bf16': autocast in bfloat16, fast and "
+                        "safe where the GPU computes it natively (compute capability 8.0+: A100, RTX 30xx and newer). "
+                        "'fp16': autocast in float16 with loss scaling, for older GPUs (T4, V100); steps whose "
+                        "gradients overflow are skipped and counted (skipped_steps). 'fp32': exact, slowest, twice "
+                        "the activation memory. 'auto': bf16 where native, fp16 on other CUDA GPUs, fp32 on CPU and "
+                        "Apple MPS.", "runtime", choices=("auto", "fp32", "bf16", "fp16"))
     seed: int = _f(42, "Seeds the data order, adapter initialisation and dropout: same seed, same run.", "runtime")
     log_every: int = _f(1, "Write train metrics every N steps (the loss is read back from the device only then).", "runtime")
     eval_every: int = _f(0, "Validation loss every N steps (0: at the end of each epoch). Always at the end.", "runtime")
@@ -136,6 +145,13 @@ class TrainConfig:
     sample_prompts: list = _f([], "Prompts answered (greedily) at each evaluation, to watch the model change.", "runtime")
     output_dir: str = _f("runs", "Folder that holds one sub-folder per run.", "runtime")
     run_name: str = _f("", "Name of this run's folder (empty: date, time and method).", "runtime")
+    report_to: list = _f([], "Experiment trackers that also receive the run's curves (the metrics.jsonl scalars at their "
+                         "steps) and its settings: any of 'tensorboard' (runs/X/tensorboard), 'mlflow' (runs/X/"
+                         "mlflow.db unless MLFLOW_TRACKING_URI is set; creating that database takes a few seconds), "
+                         "'wandb' (offline files in runs/X/wandb unless WANDB_MODE=online or WANDB_API_KEY is set) "
+                         "and 'trackio' (trackio's local dashboard). Each needs its package: pip install "
+                         "'ftnb[tensorboard]' and so on. A tracker that fails is detached with a warning; training "
+                         "goes on.", "runtime", item_choices=TRACKERS)
 
     def __post_init__(self):
         def need(ok, name, message):
@@ -151,6 +167,11 @@ class TrainConfig:
             if kind in (list, dict):
                 items = value if kind is list else [*value, *value.values()]
                 need(all(isinstance(x, str) for x in items), f.name, f"must hold strings only, not {value!r:.60}")
+            items = f.metadata.get("item_choices")
+            if items:
+                bad = [x for x in value if x not in items]
+                need(not bad and len(set(value)) == len(value), f.name,
+                     f"must name each of {', '.join(map(repr, items))} at most once, not {value!r:.80}")
             choices = f.metadata.get("choices")
             if choices:
                 need(getattr(self, f.name) in choices, f.name,

@@ -2,7 +2,8 @@
 
 One JSON object per line, each with its `kind` and `step`:
 
-    train   loss, lr, grad_norm, epoch, tokens, targets, tokens_per_s, elapsed_s, train_s [, reg_loss, mem_gb]
+    train   loss, lr, grad_norm, epoch, tokens, targets, tokens_per_s, elapsed_s, train_s [, reg_loss, mem_gb,
+            skipped_steps (fp16: optimizer steps skipped so far for overflowing gradients)]
     eval    val_loss, epoch, elapsed_s, samples: [{prompt, answer}]
     probe   probe: the forgetting summary of probe.summarize
 
@@ -97,7 +98,7 @@ PROBE = record({
     "seconds": number, "gen_ok": whole, "gen_ok_base": whole, "gen_n": whole,
 }, required=("acc", "acc_base", "acc_low", "acc_high"))
 TRAIN_NUMBERS = ("loss", "lr", "grad_norm", "epoch", "tokens", "targets", "tokens_per_s", "elapsed_s", "train_s",
-                 "reg_loss", "mem_gb")
+                 "reg_loss", "mem_gb", "skipped_steps")
 SCHEMAS = {
     "train": record({"step": whole, **{k: nullable(number) for k in TRAIN_NUMBERS}}, required=("step", "loss")),
     "eval": record({"step": whole, "val_loss": number, "epoch": nullable(number), "elapsed_s": nullable(number),

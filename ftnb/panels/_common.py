@@ -22,16 +22,44 @@ def static_charts():
     return os.environ.get("FTNB_STATIC_CHARTS") == "1" or "google.colab" in sys.modules
 
 
-class Panel:
-    """A panel owns a root widget, shows itself through it and lets go of everything on close()."""
-    root: w.Widget = None
+class Panel(w.VBox):
+    """A panel owns a root widget and lets go of everything on close(). It is itself a box around that root, so it
+    shows itself in a cell and fits inside other widgets: `ipywidgets.VBox([builder, monitor])`.
 
-    def _repr_mimebundle_(self, **kwargs):
-        return self.root._repr_mimebundle_(**kwargs)
+    Subclasses stay plain classes: their __init__ builds the widgets and assigns `self.root`, which is when the box
+    comes to life (ipywidgets' own constructor runs then, with the root as the one child)."""
+
+    @property
+    def root(self):
+        return self.__dict__.get("_root")
+
+    @root.setter
+    def root(self, widget):
+        self.__dict__["_root"] = widget
+        if self.__dict__.get("_panel_box"):
+            self.children = (widget,)
+        else:
+            self.__dict__["_panel_box"] = True
+            w.VBox.__init__(self, children=(widget,))
 
     def close(self):
         for child in _walk(self.root):
             child.close()
+        w.VBox.close(self)
+
+
+class class_or_widget_method:
+    """A class method under a name ipywidgets also uses for a method of every widget (`open`, which opens the
+    widget's connection to the browser): `TrainingMonitor.open(path)` calls the class method, `monitor.open()`
+    the widget's own."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __get__(self, obj, cls):
+        if obj is None:
+            return self.fn.__get__(cls)
+        return getattr(w.VBox, self.fn.__name__).__get__(obj)
 
 
 def _walk(widget):

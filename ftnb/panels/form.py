@@ -42,6 +42,9 @@ def _widget(name, meta, value):
         return w.Combobox(value=value, options=MODEL_CHOICES, ensure_option=False, **kw)
     if "choices" in meta:
         return w.Dropdown(options=list(meta["choices"]), value=value, **kw)
+    if "item_choices" in meta:  # a list of names from a fixed set (report_to)
+        return w.SelectMultiple(options=list(meta["item_choices"]), value=tuple(value), rows=len(meta["item_choices"]),
+                                **kw)
     if isinstance(meta["default"], bool):
         kw.pop("style")
         return w.Checkbox(value=value, indent=False, **kw)
@@ -58,6 +61,8 @@ def _widget(name, meta, value):
 
 def _read(widget, meta):
     v = widget.value
+    if "item_choices" in meta:
+        return list(v)
     if isinstance(meta["default"], list):
         return [line for line in v.splitlines() if line.strip()]
     if isinstance(meta["default"], dict):
@@ -142,7 +147,7 @@ class ConfigForm(Panel):
             v = getattr(cfg, f.name)
             widget = self.fields[f.name]
             if isinstance(v, list):
-                v = "\n".join(v)
+                v = tuple(v) if "item_choices" in f.metadata else "\n".join(v)
             elif isinstance(v, dict):
                 v = json.dumps(v) if v else ""
             widget.value = v

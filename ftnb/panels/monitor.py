@@ -16,7 +16,7 @@ from ..core.events import ENDS
 from ..core.metrics import History
 from ..core.rundir import RunDir
 from ..core.train import resume, train
-from ._common import LiveChart, Panel, Throttle, esc, message
+from ._common import LiveChart, Panel, Throttle, class_or_widget_method, esc, message
 
 class TrainingMonitor(Panel):
     """monitor = TrainingMonitor(form=form, builder=builder); monitor.start(); monitor.wait(); monitor.run"""
@@ -34,7 +34,7 @@ class TrainingMonitor(Panel):
         self.t0 = None
         self._build(static)
 
-    @classmethod
+    @class_or_widget_method  # monitor.open() is ipywidgets' (a panel is a widget box)
     def open(cls, run_dir, follow=True, **kw):
         """A monitor on an existing run: its whole history, and new lines while it is still running elsewhere."""
         m = cls(**kw)
@@ -119,8 +119,8 @@ class TrainingMonitor(Panel):
 
     # -- the training thread's side --
     def _launch(self, target):
-        from transformers.utils import logging as hf_logging
-        hf_logging.disable_progress_bar()  # weight-loading bars would print into the notebook from the thread
+        from ..core.models import quiet_loading_bars
+        quiet_loading_bars()  # weight-loading bars would print into the notebook from the thread; downloads show
         self.stop_event = threading.Event()
         self.error, self.t0 = None, time.monotonic()
         self.status.value = message("info", "starting (loading the model)...")

@@ -42,3 +42,4 @@ class Studio(Panel):
     def close(self):
         for p in (self.export, self.monitor, self.forgetting, self.comparison, self.form, self.builder):
             p.close()
+        super().close()  # the tabs and the Studio's own box
