@@ -143,7 +143,7 @@ def cmd_runs(args):
 
 
 def cmd_generate(args):
-    from .core.train import load_run
+    from .core.saved import load_run
     run = load_run(args.run, checkpoint=args.checkpoint, trust_remote_code=args.trust_remote_code)
     print(f"({run.weights})\n")
     for p, a in zip(args.prompts, run.generate(args.prompts, args.max_new_tokens)):

@@ -2,7 +2,7 @@
 from .forgetting import probe_baseline, read_baseline
 from .models import load_model, pick_device, resolve_model
 from .probe import ProbeSuite, run_probe, summarize
-from .train import load_run
+from .saved import load_run
 
 
 def probe_run(run_dir, items=None, trust_remote_code=False):

@@ -9,12 +9,10 @@ Each optimizer step trains on `batch_size` examples, packed without padding into
 how a step is split into passes changes memory, not results. The loss leaves the device only every `log_every`
 steps. The loop publishes events (see events.py); the run directory is written by one of the subscribers.
 """
-import collections
 import math
 import os
 import random
 import shutil
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -29,75 +27,16 @@ from .distributed import Processes
 from .durable import atomic_dir, write_json, write_text
 from .errors import ConfigError, DataError, RunError
 from .events import EventBus, RunDirWriter
-from .forgetting import L2SP, ForgettingProbe, KLToBase, read_budget_best, replay_examples
-from .generate import compare, generate
+from .forgetting import L2SP, ForgettingProbe, KLToBase, replay_examples
+from .generate import generate
 from .loss import StepLoss, loss_sum, split_head
-from .models import (DEFAULT_HUB_ID, LOAD_LOCK, apply_lora, check_safe_folder, decoder_layers, load_model,
-                     load_tokenizer, pick_device, provenance, resolve_model)
+from .models import (DEFAULT_HUB_ID, apply_lora, check_safe_folder, decoder_layers, load_model, pick_device,
+                     provenance, resolve_model)
+from .run import Run
 from .rundir import RunDir
+from .saved import folder_config, weights_in
 
 COMPILE_BACKEND = "inductor"  # for `compile=True`; tests use "aot_eager" (same graph capture, no code generation)
-
-
-class Run:
-    """A run in memory: its config, folder, model and tokenizer. Returned by `train`, `resume` and `load_run`."""
-
-    def __init__(self, config, run_dir, model=None, tokenizer=None):
-        self.config, self.run_dir, self.model, self.tokenizer = config, RunDir(run_dir), model, tokenizer
-        self.stop_event = threading.Event()
-        self.step = 0
-        self.total_steps = 0
-        self.train_data = self.val_data = None
-        self.model_path = None
-        self.extra_loss = []  # callables (model, step) -> tensor added to each step's loss (mitigations)
-        self.best_checkpoint = None  # step of the best checkpoint within the forgetting budget
-        self.weights = None  # which weights load_run loaded, in words
-        self.stop_reason = None
-        self.steps_per_epoch = 0
-        self.emit = lambda kind, step, **data: None  # set by the loop: subscribers publish events through it
-        self.main = True  # False in the processes other than process 0 of a multi-process run: they write nothing
-
-    def schedule(self, step, what):
-        """Whether `what` ('eval', 'save' or 'probe') happens after optimizer step `step` (steps count from 1)."""
-        cfg, end = self.config, step == self.total_steps
-        epoch_end = self.steps_per_epoch and step % self.steps_per_epoch == 0
-        if what == "eval":
-            return end or (step % cfg.eval_every == 0 if cfg.eval_every else epoch_end)
-        if what == "save":
-            return not end and (step % cfg.save_every == 0 if cfg.save_every else epoch_end)
-        if what == "probe":
-            if not cfg.probe or end:
-                return cfg.probe
-            if cfg.probe_every == -1:  # step 0 and the end only
-                return False
-            return step % cfg.probe_every == 0 if cfg.probe_every else self.schedule(step, "eval")
-        raise ValueError(what)
-
-    def __repr__(self):
-        return f"<Run {self.run_dir.path} {self.state} step {self.step}/{self.total_steps}>"
-
-    @property
-    def state(self):
-        return self.run_dir.status().get("state", "new")
-
-    def metrics(self):
-        return self.run_dir.metrics()
-
-    def request_stop(self):
-        """Stop at the next step boundary; a checkpoint is saved so the run can be resumed."""
-        self.stop_event.set()
-
-    def generate(self, prompts, max_new_tokens=64, system=None):
-        return generate(self.model, self.tokenizer, prompts, max_new_tokens, system)
-
-    def compare(self, prompts, max_new_tokens=64, system=None):
-        """Base and tuned answers side by side (LoRA: same weights, adapter off and on)."""
-        if not hasattr(self.model, "disable_adapter"):
-            base, tok, _ = load_model(self.config.model, next(self.model.parameters()).device)
-            tuned = self.generate(prompts, max_new_tokens, system)
-            based = generate(base, tok, prompts, max_new_tokens, system)
-            return [{"prompt": p, "base": b, "tuned": t} for p, b, t in zip(prompts, based, tuned)]
-        return compare(self.model, self.tokenizer, prompts, max_new_tokens, system)
 
 
 # -- setup ------------------------------------------------------------------------------------------------------------
@@ -317,34 +256,19 @@ def resume(run_dir, *, subscribers=(), stop_event=None, progress=False, checkpoi
     rd = RunDir(run_dir)
     if not rd.config_path.exists():
         raise RunError(f"{rd.path} is not a run directory (no config.json)")
-    cfg = _folder_config(rd, trust_remote_code)
+    cfg = folder_config(rd, trust_remote_code)
     cfg = cfg.replace(**overrides) if overrides else cfg
     cks = rd.checkpoints()
     if checkpoint is not None:
         cks = [c for c in cks if c[0] == checkpoint]
     if not cks:
         raise RunError(f"{rd.path} has no checkpoint{'' if checkpoint is None else f' at step {checkpoint}'} to resume from")
-    if _weights_in(cks[-1][1]) is None:
+    if weights_in(cks[-1][1]) is None:
         raise RunError(f"{cks[-1][1]} holds neither adapter/ nor model/")
-    check_safe_folder(_weights_in(cks[-1][1]))
+    check_safe_folder(weights_in(cks[-1][1]))
     data, val = _saved_data(rd)
     return _run(cfg, rd, data, val, subscribers, stop_event, progress, resume_from=cks[-1][1], procs=Processes(cfg),
                 force=force)
-
-
-def _folder_config(rd, trust_remote_code):
-    """A run folder's config, with trust_remote_code from the caller: a folder cannot make code run."""
-    cfg = rd.config()
-    if cfg.trust_remote_code and not trust_remote_code:
-        raise RunError(f"{rd.config_path} says trust_remote_code, which runs Python code shipped with the model; a "
-                       "run folder cannot turn that on. If you trust this run and its model, pass "
-                       "trust_remote_code=True (on the command line: --trust-remote-code)")
-    return cfg.replace(trust_remote_code=bool(trust_remote_code))
-
-
-def _weights_in(folder):
-    """The adapter/ or model/ folder inside a checkpoint or run folder (None when it has neither)."""
-    return next((p for p in (Path(folder) / "adapter", Path(folder) / "model") if p.is_dir()), None)
 
 
 def _saved_data(rd):
@@ -687,73 +611,3 @@ def _meta(model, model_path, device, max_tokens, procs):
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"), **provenance(model_path)}  # the base, for the model card
 
 
-def load_run(run_dir, device="auto", checkpoint=None, trust_remote_code=False):
-    """A run's model and tokenizer, ready to generate or probe: `checkpoint` "last" (or None: the final weights, or
-    the newest checkpoint of an unfinished run), "best" (the best step within the forgetting budget, or of the
-    validation loss without the probe) or a step number. `run.weights` says which was loaded.
-    `trust_remote_code`: allow the model's own Python code (never taken from the run folder, which may come from
-    anyone)."""
-    rd = RunDir(run_dir)
-    cfg = _folder_config(rd, trust_remote_code)
-    chosen = choose_weights(rd, checkpoint)
-    weights = chosen.path
-    check_safe_folder(weights)
-    dev = pick_device(device)
-    if weights.name == "adapter":
-        from peft import PeftModel
-        base, tok, _ = load_model(cfg.model, dev, torch.float32, cfg.trust_remote_code)
-        with LOAD_LOCK:
-            model = PeftModel.from_pretrained(base, str(weights))
-    else:
-        from transformers import AutoModelForCausalLM
-        with LOAD_LOCK:
-            model = AutoModelForCausalLM.from_pretrained(weights, dtype=torch.float32, use_safetensors=True,
-                                                         trust_remote_code=cfg.trust_remote_code)
-        has_tok = (weights / "tokenizer_config.json").exists()
-        tok = load_tokenizer(weights if has_tok else resolve_model(cfg.model, trust_remote_code=cfg.trust_remote_code),
-                             cfg.trust_remote_code)
-    model.to(dev).eval()
-    run = Run(cfg, rd.path, model, tok)
-    st = rd.status()
-    run.step, run.total_steps = st["step"], st.get("total_steps") or 0
-    run.best_checkpoint, run.weights = best_step(rd), chosen.what
-    return run
-
-
-def best_step(rd):
-    """The step of a run's best checkpoint (status.json's, or the forgetting budget's while it runs), or None."""
-    best = rd.status().get("best_checkpoint")
-    if best is None:
-        best = read_budget_best(rd.path / "probe")
-    return best
-
-
-Weights = collections.namedtuple("Weights", "path step from_checkpoint what")  # what: in words, for people
-
-
-def choose_weights(rd, checkpoint=None):
-    """The adapter/ or model/ folder of `checkpoint` (None or "last", "best", or a step) as Weights."""
-    if checkpoint in (None, "last"):
-        if rd.weights_path is not None:
-            step = rd.status()["step"]
-            return Weights(rd.weights_path, step, False, f"the final weights (step {step})")
-        checkpoint = rd.checkpoints()[-1][0] if rd.checkpoints() else None
-        if checkpoint is None:
-            raise RunError(f"{rd.path} has no weights yet (no adapter/, model/ or checkpoint)")
-    what = "checkpoint"
-    if checkpoint == "best":
-        checkpoint, what = best_step(rd), "the best checkpoint"
-        if checkpoint is None:
-            raise RunError(f"{rd.path} has no best checkpoint: no evaluation was within the forgetting budget (or "
-                           "the run has no validation); use checkpoint='last' or a step")
-    if isinstance(checkpoint, str) and checkpoint.isdigit():
-        checkpoint = int(checkpoint)
-    if not isinstance(checkpoint, int) or isinstance(checkpoint, bool):
-        raise RunError(f"checkpoint must be 'best', 'last' or a step number, not {checkpoint!r}")
-    steps = dict(rd.checkpoints())
-    if checkpoint not in steps:
-        raise RunError(f"{rd.path} has no checkpoint at step {checkpoint} (it has {', '.join(map(str, steps)) or 'none'})")
-    weights = _weights_in(steps[checkpoint])
-    if weights is None:
-        raise RunError(f"{steps[checkpoint]} holds neither adapter/ nor model/")
-    return Weights(weights, checkpoint, True, f"{what} of step {checkpoint}")

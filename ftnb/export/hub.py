@@ -18,7 +18,7 @@ from ..core.durable import write_json
 from ..core.errors import RunError
 from ..core.models import check_safe_folder, load_tokenizer, resolve_model
 from ..core.rundir import RunDir, read_untrusted_json
-from ..core.train import choose_weights
+from ..core.saved import choose_weights
 from .card import model_card, recorded_base
 from .merge import export
 

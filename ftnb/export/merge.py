@@ -9,7 +9,7 @@ import torch
 
 from ..core.durable import atomic_dir
 from ..core.errors import RunError
-from ..core.train import load_run
+from ..core.saved import load_run
 
 CHECK_PROMPTS = ("What time do you close on Sundays?", "What is the capital of France?", "Write one sentence about cats.")
 

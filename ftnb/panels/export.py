@@ -7,7 +7,7 @@ from pathlib import Path
 import ipywidgets as w
 
 from ..core.rundir import RunDir
-from ..core.train import best_step
+from ..core.saved import best_step
 from ._common import Panel, esc, message
 
 GGUF_TYPES = ("f16", "bf16", "q8_0", "f32")

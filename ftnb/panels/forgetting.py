@@ -12,7 +12,7 @@ from ..core.forgetting import read_probe_step
 from ..core.metrics import History
 from ..core.probe import ProbeSuite
 from ..core.rundir import RunDir
-from ..core.train import best_step
+from ..core.saved import best_step
 from ._common import LiveChart, Panel, esc, message
 
 MITIGATIONS = [  # (field, widget kind, one line)
