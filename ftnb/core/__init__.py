@@ -10,6 +10,7 @@ WHERE = {  # public name -> the module that defines it
     "pack": "batching", "tokenize_data": "batching", "ConfigError": "errors", "DataError": "errors",
     "FtnbError": "errors", "ModelNotFoundError": "errors", "RunError": "errors", "Event": "events",
     "ProgressBar": "events", "Recorder": "events", "generate": "generate", "compare": "generate",
+    "chat_stream": "chat", "Conversation": "chat",
     "load_model": "models", "resolve_model": "models", "RunDir": "rundir", "list_runs": "rundir", "Run": "train",
     "train": "train", "resume": "train", "load_run": "train",
 }
