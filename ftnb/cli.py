@@ -150,6 +150,53 @@ def cmd_generate(args):
         print(f"> {p}\n{a}\n")
 
 
+def cmd_chat(args):
+    """Talk to a run's model in the terminal: answers print as they are generated. /reset forgets the conversation,
+    /base switches between the tuned and the base model (LoRA: the same weights, adapter off), /quit ends; Ctrl-C
+    stops an answer, and at the prompt (or Ctrl-D) ends the chat."""
+    from .core.chat import Conversation
+    from .core.train import load_run
+    run = load_run(args.run, checkpoint=args.checkpoint, trust_remote_code=args.trust_remote_code)
+    lora = hasattr(run.model, "disable_adapter")
+    base = args.base and lora
+    if args.base and not lora:
+        print("(--base: this run is a full fine-tune, whose base would be a second model: talking to the tuned one)")
+    conv = Conversation(system=args.system)
+    settings = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
+                "greedy": args.greedy, "seed": args.seed}
+    print(f"({run.weights}; {'the base model' if base else 'the tuned model'}) /reset, /base, /quit; Ctrl-C stops "
+          "an answer")
+    while True:
+        try:
+            text = input("you> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return
+        if text == "/quit":
+            return
+        if text == "/reset":
+            conv.reset()
+            print("(a new conversation)")
+            continue
+        if text == "/base":
+            base = lora and not base
+            print(f"(now: the {'base model, adapter off' if base else 'tuned model'})" if lora else
+                  "(/base: this run is a full fine-tune; its base would be a second model)")
+            continue
+        if not text:
+            continue
+        print("base> " if base else "model> ", end="", flush=True)
+        stream = conv.ask(run.model, run.tokenizer, text, adapter=not base, **settings)
+        try:
+            for piece in stream:
+                print(piece, end="", flush=True)
+        except KeyboardInterrupt:
+            stream.close()
+            print("\n(stopped; Ctrl-C again or Ctrl-D to quit)")
+            continue
+        print("\n(cut at --max-new-tokens)" if stream.finish == "length" else "")
+
+
 def cmd_export(args):
     from .export import export
     res = export(args.run, args.merge, merge=True, trust_remote_code=args.trust_remote_code, checkpoint=args.checkpoint)
@@ -259,6 +306,20 @@ def main(argv=None):
     _add_checkpoint_flag(p)
     _add_trust_flag(p)
     p.set_defaults(fn=cmd_generate)
+
+    p = sub.add_parser("chat", help="talk to a run's model in the terminal (answers stream; /reset, /base, /quit)")
+    p.add_argument("run")
+    _add_checkpoint_flag(p)
+    p.add_argument("--base", action="store_true", help="start with the base model (LoRA: adapter off; /base toggles)")
+    p.add_argument("--system", default=None, help="a system prompt")
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature: lower is safer and blander")
+    p.add_argument("--top-p", type=float, default=0.9, help="sample among the likeliest tokens holding this much "
+                                                           "probability")
+    p.add_argument("--greedy", action="store_true", help="always the likeliest token: the same answer every time")
+    p.add_argument("--seed", type=int, default=None, help="make sampling reproducible")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    _add_trust_flag(p)
+    p.set_defaults(fn=cmd_chat)
 
     p = sub.add_parser("probe", help="measure forgetting: a run against its base model, or a model")
     p.add_argument("target", help="a run directory, or a model (name or folder)")

@@ -10,6 +10,7 @@ WHERE = {  # public name -> the module that defines it
     "pack": "batching", "tokenize_data": "batching", "ConfigError": "errors", "DataError": "errors",
     "FtnbError": "errors", "ModelNotFoundError": "errors", "RunError": "errors", "Event": "events",
     "ProgressBar": "events", "Recorder": "events", "generate": "generate", "compare": "generate",
+    "chat_stream": "chat", "Conversation": "chat",
     "load_model": "models", "resolve_model": "models", "RunDir": "rundir", "list_runs": "rundir", "Run": "run",
     "train": "train", "resume": "train", "load_run": "saved", "probe_run": "probe_saved", "probe_model": "probe_saved",
     "format_summary": "probe",

@@ -1,9 +1,10 @@
-"""Greedy answers to chat prompts, batched, with the model's own chat template."""
+"""Greedy answers to chat prompts, batched, with the model's own chat template; they end at the template's end of
+turn (stop_token_ids). ftnb.core.chat streams answers one token at a time."""
 import contextlib
 
 import torch
 
-from .models import mask_attention
+from .models import mask_attention, stop_token_ids
 
 
 def _as_messages(prompt, system=None):
@@ -21,6 +22,7 @@ def generate(model, tokenizer, prompts, max_new_tokens=64, system=None, batch_si
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     device = next(model.parameters()).device
+    stops = stop_token_ids(tokenizer, model)
     answers = []
     try:
         for i in range(0, len(prompts), batch_size):
@@ -29,7 +31,7 @@ def generate(model, tokenizer, prompts, max_new_tokens=64, system=None, batch_si
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             with mask_attention(model):
                 out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
-                                     top_k=None, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                                     top_k=None, pad_token_id=tokenizer.pad_token_id, eos_token_id=stops)
             answers += [a.strip() for a in tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:],
                                                                  skip_special_tokens=True)]
     finally:

@@ -274,14 +274,54 @@ def check_safe_folder(path, allow_pickle=False):
     raise ModelNotFoundError(f"{path} holds no model weights (*.safetensors)")
 
 
+# the tokens that end an assistant's turn in the common chat templates: ChatML, Llama 3, Gemma, Phi-3
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
+
+
 def load_tokenizer(path, trust_remote_code=False):
+    """A model's tokenizer, with ChatML as its chat template when it has none: then <|im_start|> and <|im_end|> are
+    special tokens (added when missing: load_model grows the embeddings to match) and <|im_end|> is the end-of-text
+    token when there is none, so that answers stop at the end of the turn."""
+    from tokenizers import AddedToken
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tok.chat_template is None:
         tok.chat_template = CHATML_TEMPLATE
+        tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in ("<|im_start|>", "<|im_end|>")],
+                       special_tokens=True)
+        if tok.eos_token is None:
+            tok.eos_token = "<|im_end|>"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def stop_token_ids(tokenizer, model=None):
+    """The ids that end an answer: the tokenizer's end-of-text token, the model's generation_config.eos_token_id,
+    and the chat template's own end-of-turn token (ChatML's <|im_end|>, Llama 3's <|eot_id|>, Gemma's
+    <end_of_turn>) when it is one token of the vocabulary."""
+    ids = [tokenizer.eos_token_id]
+    config = getattr(model, "generation_config", None)
+    eos = getattr(config, "eos_token_id", None)
+    ids += eos if isinstance(eos, (list, tuple)) else [eos]
+    template, vocab = str(tokenizer.chat_template or ""), tokenizer.get_vocab()
+    ids += [vocab[t] for t in END_OF_TURN if t in template and t in vocab]
+    return list(dict.fromkeys(int(i) for i in ids if i is not None))
+
+
+def fit_embeddings(model, tokenizer):
+    """Grow the embeddings when the tokenizer has tokens the model has no row for (ChatML's, added by
+    load_tokenizer). The new rows are the mean of the others: the same on every load, so an adapter trained on
+    them finds them again."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) <= rows:
+        return
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    weights = {id(e.weight): e.weight for e in (model.get_input_embeddings(), model.get_output_embeddings())
+               if e is not None}
+    with torch.no_grad():
+        for weight in weights.values():  # tied embeddings once
+            weight[rows:] = weight[:rows].mean(0)
 
 
 def load_model(name="default", device="cpu", dtype=torch.float32, trust_remote_code=False, allow_pickle=False,
@@ -298,10 +338,18 @@ def load_model(name="default", device="cpu", dtype=torch.float32, trust_remote_c
     with LOAD_LOCK:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
                                                      use_safetensors=not allow_pickle, **kw)
+    fit_embeddings(model, tok)
+    stops = stop_token_ids(tok, model)
+    if stops and not set(stops) <= set(_as_list(model.generation_config.eos_token_id)):
+        model.generation_config.eos_token_id = stops  # model.generate() stops at the end of a turn too
     if quantize == "none":
         model.to(device)
     model.eval()
     return model, tok, path
+
+
+def _as_list(x):
+    return list(x) if isinstance(x, (list, tuple)) else [] if x is None else [x]
 
 
 def bnb_config(quantize, dtype):

@@ -1,4 +1,5 @@
 """Notebook panels: ipywidgets views over ftnb.core. Each panel's buttons call plain methods you can call too."""
+from .chat import Chat
 from .compare import RunComparison
 from .dataset import DatasetBuilder
 from .export import ExportPanel
@@ -8,4 +9,4 @@ from .monitor import TrainingMonitor
 from .studio import Studio
 
 __all__ = ["DatasetBuilder", "ConfigForm", "TrainingMonitor", "ForgettingPanel", "RunComparison", "ExportPanel",
-           "Studio"]
+           "Chat", "Studio"]

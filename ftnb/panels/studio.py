@@ -1,7 +1,9 @@
-"""Studio: every panel in one set of tabs, wired together (builder -> form -> monitor -> forgetting -> comparison)."""
+"""Studio: every panel in one set of tabs, wired together (builder -> form -> monitor -> forgetting -> comparison,
+export and chat)."""
 import ipywidgets as w
 
 from ..core.data import bundled
+from .chat import Chat
 from .compare import RunComparison
 from .dataset import DatasetBuilder
 from .export import ExportPanel
@@ -12,7 +14,8 @@ from ._common import Panel
 
 
 class Studio(Panel):
-    """studio = ftnb.Studio(); studio.builder / .form / .monitor / .forgetting / .comparison / .export are the panels."""
+    """studio = ftnb.Studio(); studio.builder / .form / .monitor / .forgetting / .comparison / .export / .chat are the
+    panels."""
 
     def __init__(self, data=None, preset="quick-cpu-demo", config=None, runs_dir=None, autosave=None):
         """`data`: what the Data tab starts with (default: the bundled Luigi's Corner examples); `autosave`: a JSONL
@@ -30,9 +33,10 @@ class Studio(Panel):
             w.dlink((self.form.fields["output_dir"], "value"), (self.comparison.folder, "value"))
         self.monitor.listeners.append(lambda ev: ev.kind in ("finished", "stopped") and self.comparison.refresh())
         self.export = ExportPanel(self.monitor)
+        self.chat = Chat(monitor=self.monitor)  # talks to the Train tab's run when it ends
         self.tabs = w.Tab(children=[p.root for p in (self.builder, self.form, self.monitor, self.forgetting,
-                                                     self.comparison, self.export)])
-        for i, title in enumerate(("Data", "Settings", "Train", "Forgetting", "Compare", "Export")):
+                                                     self.comparison, self.export, self.chat)])
+        for i, title in enumerate(("Data", "Settings", "Train", "Forgetting", "Compare", "Export", "Chat")):
             self.tabs.set_title(i, title)
         self.root = self.tabs
 
@@ -40,6 +44,6 @@ class Studio(Panel):
         self.builder.model_name, self.builder.tokenizer = change["new"], None
 
     def close(self):
-        for p in (self.export, self.monitor, self.forgetting, self.comparison, self.form, self.builder):
+        for p in (self.chat, self.export, self.monitor, self.forgetting, self.comparison, self.form, self.builder):
             p.close()
         super().close()  # the tabs and the Studio's own box

@@ -2,7 +2,7 @@
 
 A Studio trains the tiny model from its Train tab and the loss, learning-rate and gradient-norm charts draw; the
 launcher's notebook trains and the runs sidebar stops it; user text holding HTML, scripts and template syntax shows
-as text in the dataset builder. Screenshots of the Studio's tabs go to docs/screenshots/panel-*.png
+as text in the dataset builder; the chat panel's answer grows in the page while it is generated, and Stop ends it. Screenshots of the Studio's tabs go to docs/screenshots/panel-*.png
 with FTNB_SCREENSHOTS=1.
 
 The lab and the page come from conftest.py; the kernels inherit FTNB_DEFAULT_MODEL=tiny from the lab server.
@@ -156,7 +156,7 @@ def test_studio_trains_and_draws(page, root):
     out = output_of(page, 1)
     widget_tab(out, "Data").wait_for(timeout=90000)
     assert [t.strip() for t in out.locator(".lm-TabBar-tab").all_inner_texts()] == \
-        ["Data", "Settings", "Train", "Forgetting", "Compare", "Export"]
+        ["Data", "Settings", "Train", "Forgetting", "Compare", "Export", "Chat"]
     out.get_by_text("pizza_demo.jsonl").first.wait_for()  # the bundled examples were loaded
     shot(page, out, "data")
     widget_tab(out, "Settings").click()
@@ -308,5 +308,56 @@ def test_a_hostile_run_folder_shows_as_text(page, root):
     assert page.evaluate("typeof window.__xss") == "undefined"
     assert page.locator('img[src="x"]').count() == 0
     assert page.locator("script", has_text="__xss").count() == 0
+    assert page.dialogs == []
+    assert_no_browser_errors(page)
+
+
+CHAT_RUN = """import ftnb
+from ftnb.panels import Chat
+data = [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
+                      {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."}]} for i in range(24)]
+run = ftnb.train(model="tiny", data=data, output_dir="runs", run_name="talk", max_steps=6, batch_size=4, eval_every=3,
+                 save_every=3, probe=False, learning_rate=1e-2)"""
+
+
+def test_chat_streams_and_stops(page, root):
+    """The answer grows in the browser while it is generated (the worker thread's throttled assignments reach the
+    page), Stop ends it, and the base model's turn, which was to come after it, is skipped."""
+    write_notebook(root / "chat" / "chat.ipynb", CHAT_RUN,
+                   "chat = Chat(run_dir=run.run_dir.path)\nchat.greedy.value = True\n"
+                   "chat.max_new_tokens.value = 2000\nchat")
+    open_notebook(page, "chat/chat.ipynb")
+    run_all(page)
+    out = output_of(page, 1)
+    out.get_by_text("talking to the final weights (step 6)").wait_for(timeout=120000)
+    assert out.locator(".ftnb-chat-base").is_visible()  # LoRA: the base column beside the tuned one
+    out.locator("textarea:visible").last.fill("What is 3 plus 3?")
+    button(out, "Send").click()
+    live = out.locator(".ftnb-chat-tuned .ftnb-live")
+    live.wait_for(timeout=60000)
+    stop = button(out, "Stop")
+    lengths, t0 = [], time.time()
+    while time.time() - t0 < 4 and len(set(lengths)) < 6:  # the answer's length, sampled while it is generated
+        assert stop.is_enabled() and live.count() == 1
+        lengths.append(len(live.inner_text()))
+        if len(lengths) == 2:  # early, while the question still shows above the answer
+            shot(page, out, "chat")
+        page.wait_for_timeout(250)
+    print(f"chat streaming: {len(set(lengths))} distinct lengths in {len(lengths)} samples over "
+          f"{time.time() - t0:.1f}s: {lengths}")
+    assert len(set(lengths)) >= 3 and lengths == sorted(lengths), lengths  # it grew while generating
+    base = out.locator(".ftnb-chat-base")
+    assert "(answers when the tuned model is done)" in base.inner_text()
+    assert base.locator(".ftnb-msg-user").inner_text().endswith("What is 3 plus 3?")
+    stop.click()
+    status = out.get_by_text(re.compile(r"^stopped after \d+ tokens$"))
+    status.wait_for(timeout=30000)
+    assert stop.is_disabled() and live.count() == 0
+    assert int(re.search(r"\d+", status.inner_text())[0]) < 2000  # ended by Stop, not by max tokens
+    answer = out.locator(".ftnb-chat-tuned .ftnb-msg-assistant").last.inner_text()
+    page.wait_for_timeout(1000)
+    assert out.locator(".ftnb-chat-tuned .ftnb-msg-assistant").last.inner_text() == answer  # it stopped growing
+    assert len(answer) >= lengths[-1] - 20  # what had streamed stays (less the "(answering)" label and cursor)
+    assert "(stopped before it began)" in base.inner_text()
     assert page.dialogs == []
     assert_no_browser_errors(page)

@@ -3,7 +3,8 @@ import ftnb
 
 def test_studio_tabs_wire_the_panels(qa_data):
     s = ftnb.Studio(data=qa_data)
-    assert [s.tabs.get_title(i) for i in range(6)] == ["Data", "Settings", "Train", "Forgetting", "Compare", "Export"]
+    assert [s.tabs.get_title(i) for i in range(7)] == ["Data", "Settings", "Train", "Forgetting", "Compare", "Export",
+                                                      "Chat"]
     assert len(s.builder.examples) == 24 and s.form.config.model == "tiny"
     s.form.fields["epochs"].value = 1.0
     s.form.fields["probe"].value = False
