@@ -155,7 +155,7 @@ def cmd_chat(args):
     /base switches between the tuned and the base model (LoRA: the same weights, adapter off), /quit ends; Ctrl-C
     stops an answer, and at the prompt (or Ctrl-D) ends the chat."""
     from .core.chat import Conversation
-    from .core.train import load_run
+    from .core.saved import load_run
     run = load_run(args.run, checkpoint=args.checkpoint, trust_remote_code=args.trust_remote_code)
     lora = hasattr(run.model, "disable_adapter")
     base = args.base and lora

@@ -11,7 +11,7 @@ import ipywidgets as w
 
 from ..core.chat import Conversation
 from ..core.rundir import RunDir
-from ..core.train import best_step, load_run
+from ..core.saved import best_step, load_run
 from ._common import Panel, Throttle, esc, message
 
 SIDES = ("tuned", "base")
