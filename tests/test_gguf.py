@@ -31,13 +31,13 @@ def tiny_run(tmp_path_factory):
                           {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."}]} for i in range(24)]
     cfg = ftnb.TrainConfig(model="tiny", output_dir=str(tmp_path_factory.mktemp("runs")), run_name="tiny-qa", epochs=2,
                            batch_size=4, learning_rate=1e-2, val_fraction=0.2, probe=False)
-    return ftnb.train(cfg, data).run_dir.path
+    return ftnb.train(cfg, data)
 
 
 @pytest.fixture(scope="module")
 def tiny_f16(tiny_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("f16") / "tiny.gguf"
-    return export_gguf(tiny_run, out), out
+    return export_gguf(tiny_run.run_dir.path, out), out
 
 
 def merged(run_dir):
@@ -53,7 +53,7 @@ def test_f16_file_answers_like_the_merged_model(tiny_run, tiny_f16):
     assert res["merged"] and res["architecture"] == "llama"
     # independently of export_gguf's own check: the file, as transformers reads it, answers as the merged model does
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    model, tok = merged(tiny_run)
+    model, tok = merged(tiny_run.run_dir.path)
     back = AutoModelForCausalLM.from_pretrained(out.parent, gguf_file=out.name, dtype=torch.float32)
     back_tok = AutoTokenizer.from_pretrained(out.parent, gguf_file=out.name)
     prompts = ["What is 5 plus 5?", "Hello! How can I help you today?"]
@@ -91,16 +91,18 @@ def test_modelfile_holds_chatml_and_the_training_system_prompt(tiny_run, tiny_f1
     assert (out.parent / "Modelfile").read_text() == CHATML_MODELFILE + f'SYSTEM """{SYSTEM}"""\n'
     (tmp_path / "tiny.gguf").write_bytes(b"an older export")
     with pytest.raises(RunError, match="tiny.gguf exists; choose another name or pass overwrite=True"):
-        export_gguf(tiny_run, tmp_path / "tiny.gguf", system="Be brief.")
+        export_gguf(tiny_run.run_dir.path, tmp_path / "tiny.gguf", system="Be brief.")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.gguf"]
     assert (tmp_path / "tiny.gguf").read_bytes() == b"an older export"
-    export_gguf(tiny_run, tmp_path / "tiny.gguf", system="Be brief.", overwrite=True)
+    export_gguf(tiny_run.run_dir.path, tmp_path / "tiny.gguf", system="Be brief.", overwrite=True)
     assert (tmp_path / "Modelfile").read_text() == CHATML_MODELFILE + 'SYSTEM """Be brief."""\n'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["Modelfile", "tiny.gguf"]  # no temporary file left
 
 
-def test_q8_0_is_smaller_and_close(tiny_run, tiny_f16, tmp_path):
+def test_q8_0_from_the_run_in_memory_is_smaller_and_close(tiny_run, tiny_f16, tmp_path):
     res = export_gguf(tiny_run, tmp_path / "tiny-q8_0.gguf", type="q8_0", modelfile=False)
+    loras = [m for m in tiny_run.model.modules() if hasattr(m, "lora_A")]
+    assert res["merged"] and loras and not any(m.merged for m in loras)  # a copy was merged, not the Run's model
     assert res["problems"] == [] and res["tokens_equal"] and res["modelfile"] is None
     assert res["bytes"] < 0.6 * tiny_f16[0]["bytes"]
     assert tiny_f16[0]["max_logit_gap"] < res["max_logit_gap"] <= res["tolerance"]
@@ -111,7 +113,7 @@ def test_a_file_that_answers_differently_is_refused_and_kept(tiny_run, tmp_path,
     import ftnb.export.gguf as export_module
     monkeypatch.setattr(export_module, "_rope_permute", lambda weight, heads: weight)  # llama.cpp's q/k order skipped
     with pytest.raises(RunError, match="logits differ by .* Kept for inspection as .*tiny.unverified.gguf"):
-        export_gguf(tiny_run, tmp_path / "tiny.gguf")
+        export_gguf(tiny_run.run_dir.path, tmp_path / "tiny.gguf")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.unverified.gguf"]
 
 
@@ -123,7 +125,8 @@ def tiny_run_of(model, tok, tmp_path):
 def test_an_unsupported_architecture_is_refused_before_anything_is_written(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
     tok = ftnb.core.models.load_tokenizer(ftnb.core.models.resolve_model("tiny"))
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2))
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2,
+                                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
     with pytest.raises(RunError, match="GGUF export supports llama, mistral, qwen2 models; this one is 'gpt2'"):
         export_gguf(tiny_run_of(model, tok, tmp_path), tmp_path / "out" / "m.gguf")
     assert not (tmp_path / "out").exists()
@@ -193,7 +196,7 @@ def test_tiny_mistral_with_a_sentencepiece_tokenizer_and_no_ollama_template(tmp_
 
 def test_llama_cpp_answers_like_the_merged_model(tiny_run, tmp_path):
     pytest.importorskip("llama_cpp")
-    res = export_gguf(tiny_run, tmp_path / "tiny.gguf", modelfile=False)
+    res = export_gguf(tiny_run.run_dir.path, tmp_path / "tiny.gguf", modelfile=False)
     assert res["llama_cpp"]["answers_equal"] == len(res["prompts"])
     assert res["llama_cpp"]["max_logit_gap"] <= res["tolerance"]
 

@@ -36,14 +36,13 @@ def chatml_system(tok):
         return False, None
     if without == chatml(_PROBE):
         return True, None
-    head = "<|im_start|>system\n"
-    default = without[len(head):-len(chatml(_PROBE)) - len("<|im_end|>\n")] if without.startswith(head) else None
-    if default is not None and without == chatml([{"role": "system", "content": default}] + _PROBE):
-        return True, default
+    head, tail = "<|im_start|>system\n", "<|im_end|>\n" + chatml(_PROBE)  # a system prompt of its own (SmolLM2)
+    if without.startswith(head) and without.endswith(tail) and "<|im_" not in without[len(head):-len(tail)]:
+        return True, without[len(head):-len(tail)]
     return False, None
 
 
-def modelfile(gguf_name, tok, system=None):
+def modelfile_text(gguf_name, tok, system=None):
     """(the Modelfile's text, what it holds) for the GGUF file `gguf_name` beside it. `system`: the SYSTEM prompt;
     for a ChatML model without one, the template's own default (if it has one) so Ollama answers as the template
     would."""
