@@ -22,6 +22,11 @@ def _logits(model, tokenizer, prompts):
                 for t in texts]
 
 
+def merged_model(model):
+    """`model` with its LoRA adapter merged into the base weights (in place, by peft); any other model as it is."""
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+
+
 def max_logit_gap(a, b):
     return max(float((x - y).abs().max()) for x, y in zip(a, b))
 
@@ -45,7 +50,7 @@ def export(run_dir, out, merge=True, prompts=CHECK_PROMPTS, tolerance=1e-3, over
             base_gap = max_logit_gap(reference, _logits(model, tok, prompts))
     if is_lora and not merge:
         raise RunError("a LoRA run without --merge is its adapter/ folder already; pass merge=True for a full model")
-    merged = model.merge_and_unload() if is_lora else model
+    merged = merged_model(model)
     merged.config.use_cache = True
 
     def write(tmp):
