@@ -5,7 +5,7 @@ Names are imported on first use, so `import ftnb` is instant (Jupyter imports it
 
 `ftnb.export` is the package of what comes after training (merge, model card, Hub upload); its functions are also
 here under names of their own: `ftnb.export_model` (ftnb.export.export: merge a run into a transformers folder) and
-`ftnb.push_to_hub`. A name means one thing: `ftnb.export` never turns from a function into the package.
+`ftnb.export_gguf`, `ftnb.push_to_hub`. A name means one thing: `ftnb.export` never turns from a function into the package.
 """
 __version__ = "0.1.0"
 
@@ -15,13 +15,14 @@ from .server import _jupyter_labextension_paths, _jupyter_server_extension_point
 _ELSEWHERE = {  # public name -> (module, attribute), beside everything in ftnb.core.__all__
     "bundled": ("ftnb.core.data", "bundled"), "Studio": ("ftnb.panels.studio", "Studio"),
     "export_model": ("ftnb.export.merge", "export"), "push_to_hub": ("ftnb.export.hub", "push_to_hub"),
+    "export_gguf": ("ftnb.export.gguf", "export_gguf"),
 }
 _PACKAGES = ("core", "export", "panels")  # sub-packages, found by attribute access too
 
 
 def __getattr__(name):
     """ftnb.train, ftnb.TrainConfig ... (everything in ftnb.core.__all__), ftnb.bundled, ftnb.Studio,
-    ftnb.export_model, ftnb.push_to_hub, and the sub-packages ftnb.export and ftnb.panels."""
+    ftnb.export_model, ftnb.export_gguf, ftnb.push_to_hub, and the sub-packages ftnb.export and ftnb.panels."""
     import importlib
     if name in _ELSEWHERE:
         module, attr = _ELSEWHERE[name]

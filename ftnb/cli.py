@@ -198,6 +198,17 @@ def cmd_chat(args):
 
 
 def cmd_export(args):
+    if args.gguf:
+        from .export.gguf import export_gguf
+        res = export_gguf(args.run, args.gguf, type=args.type, checkpoint=args.checkpoint, system=args.system,
+                          trust_remote_code=args.trust_remote_code)
+        print(f"wrote {res['out']} ({res['type']}, {res['bytes'] / 1e6:,.1f} MB, {res['architecture']}); read back and "
+              f"compared on {len(res['prompts'])} prompts: max logit difference {res['max_logit_gap']:.3g} "
+              f"(tolerance {res['tolerance']:.3g}), greedy answers equal {res['answers_equal']}/{len(res['prompts'])}"
+              + (f"; llama.cpp: {res['llama_cpp']}" if res.get("llama_cpp") else "")
+              + (f"\nOllama: ollama create NAME -f {res['modelfile']}" if res.get("modelfile") else "")
+              + "".join(f"\nnote: {n}" for n in res.get("notes") or ()))
+        return
     from .export import export
     res = export(args.run, args.merge, merge=True, trust_remote_code=args.trust_remote_code, checkpoint=args.checkpoint)
     print(f"wrote {res['out']} from {res['weights']} (merged: {res['merged']}); verified on {len(res['prompts'])} prompts: "
@@ -328,9 +339,15 @@ def main(argv=None):
     _add_trust_flag(p)
     p.set_defaults(fn=cmd_probe)
 
-    p = sub.add_parser("export", help="merge a LoRA run into a standard transformers folder and verify it")
+    p = sub.add_parser("export", help="a run's model as a merged transformers folder (--merge) or a GGUF file for "
+                                      "llama.cpp, Ollama and LM Studio (--gguf), verified before it says so")
     p.add_argument("run")
-    p.add_argument("--merge", required=True, metavar="OUT", help="folder to write (must not exist)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--merge", metavar="OUT", help="folder to write (must not exist)")
+    where.add_argument("--gguf", metavar="OUT.gguf", help="GGUF file to write, with an Ollama Modelfile beside it")
+    p.add_argument("--type", default="f16", choices=["f16", "bf16", "q8_0", "f32"], help="GGUF weight type")
+    p.add_argument("--system", help="GGUF: the system prompt the Modelfile sets (default: the training data's, or "
+                                    "the template's own)")
     _add_checkpoint_flag(p)
     _add_trust_flag(p)
     p.set_defaults(fn=cmd_export)

@@ -8,7 +8,8 @@ import torch
 
 import ftnb
 from ftnb.core.errors import RunError
-from ftnb.core.train import Run, load_run
+from ftnb.core.run import Run
+from ftnb.core.saved import load_run
 from ftnb.export import export_gguf
 from ftnb.export.merge import merged_model
 
@@ -120,6 +121,16 @@ def test_a_file_that_answers_differently_is_refused_and_kept(tiny_run, tmp_path,
 def tiny_run_of(model, tok, tmp_path):
     """An untrained model in memory as a Run, the way a notebook holds one."""
     return Run(ftnb.TrainConfig(model="tiny"), tmp_path / "run", model.eval(), tok)
+
+
+def test_the_command_line_writes_and_checks_a_gguf(tiny_run, tmp_path, capsys):
+    from ftnb.cli import main
+    out = tmp_path / "cli" / "tiny.gguf"
+    out.parent.mkdir()
+    main(["export", str(tiny_run.run_dir.path), "--gguf", str(out), "--type", "q8_0", "--checkpoint", "best"])
+    printed = capsys.readouterr().out
+    assert f"wrote {out} (q8_0" in printed and "read back and compared on 4 prompts" in printed
+    assert f"ollama create NAME -f {out.parent / 'Modelfile'}" in printed and out.exists()
 
 
 def test_an_unsupported_architecture_is_refused_before_anything_is_written(tmp_path):

@@ -18,7 +18,8 @@ import torch
 
 from ..core.durable import new_file, sync_dir, write_text
 from ..core.errors import RunError
-from ..core.train import Run, load_run
+from ..core.run import Run
+from ..core.saved import load_run
 from .gguf_check import PROMPTS, TOLERANCE, reference, verify
 from .merge import merged_model
 from .ollama import modelfile_text
