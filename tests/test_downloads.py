@@ -184,6 +184,7 @@ def test_downloads_show_progress_while_weight_loading_stays_quiet():
     from transformers.utils import logging as hf_logging
 
     from ftnb.cli import _quiet_libraries
+    hub_utils.enable_progress_bars()  # as in a fresh process: whatever an earlier test switched off
     try:
         _quiet_libraries()  # what `ftnb ...` does first (and the monitor before it trains)
         assert not hf_logging.is_progress_bar_enabled()  # transformers' "Loading weights" bars

@@ -78,8 +78,8 @@ class Chat(Panel):
     def load(self, checkpoint=None, wait=True):
         """Load the run folder's weights at `checkpoint` ('last', 'best' or a step; default: the chooser's). The
         conversation is kept: the next answer comes from these weights."""
-        from transformers.utils import logging as hf_logging
-        hf_logging.disable_progress_bar()  # weight-loading bars would print into the notebook
+        from ..core.models import quiet_loading_bars
+        quiet_loading_bars()  # weight-loading bars would print into the notebook; downloads show
         checkpoint = self.checkpoint.value if checkpoint is None else checkpoint
         self.stop()
         self.wait()
