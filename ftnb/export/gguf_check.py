@@ -6,12 +6,27 @@ The greedy answers are compared in one pass: each prompt followed by the tuned m
 file's model, which would answer the same greedily exactly when its top logit at every answer position is the next
 token of that answer. The logits are compared at the same positions, answer included.
 """
+import contextlib
+import functools
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .merge import CHECK_PROMPTS, max_logit_gap
+
+
+@contextlib.contextmanager
+def _no_reading_bar():
+    """transformers draws a progress bar for each GGUF file it reads: reading back our own file is the check, not a
+    download, and the bar would interleave with the command's report."""
+    import transformers.modeling_gguf_pytorch_utils as reader
+    real = reader.tqdm
+    reader.tqdm = functools.partial(real, disable=True)
+    try:
+        yield
+    finally:
+        reader.tqdm = real
 
 # digits and a sum, as in most fine-tuning data: byte-level tokenizers differ most in how they split numbers
 PROMPTS = CHECK_PROMPTS + ("What is 12 plus 34?",)
@@ -43,7 +58,9 @@ def verify(path, tok, expected, type):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     path = Path(path)
     problems = []
-    gguf_tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    with _no_reading_bar():
+        gguf_tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
     texts = _chat_texts(tok, PROMPTS)
     ids_equal = all(tok(t)["input_ids"] == gguf_tok(t)["input_ids"] for t in texts)
     if not ids_equal:
@@ -51,7 +68,6 @@ def verify(path, tok, expected, type):
     template_equal = gguf_tok.chat_template == tok.chat_template
     if not template_equal:
         problems.append("its chat template differs")
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
     logits = _read(model, tok, texts, expected["answers"])
     scale = max(1.0, max(float(r.abs().max()) for r in expected["logits"]))
     limit = TOLERANCE[type] * scale
