@@ -91,7 +91,7 @@ def test_a_lora_upload_holds_the_adapter_its_tokenizer_and_a_card(probed_run, tm
     assert (f"probe at step 10 against the base model: retention {probe['retention']:.1%} (95% CI "
             f"{probe['retention_low']:.1%} to {probe['retention_high']:.1%})") in results
     assert f"KL from the base {probe['kl']:.4f}" in results and f"perplexity {probe['ppl']:.2f}" in results
-    assert f"{len(probe['right_to_wrong'])} right to wrong" in results and "n=181" in results  # 180 + our item
+    assert f"{len(probe['right_to_wrong'])} right to wrong" in results and "n=901" in results  # 900 + our item
     assert "after step 10 of 10 (the run's final weights)" in _section(text, "This upload")
     assert "ftnb `0.1.0`" in text and f"torch `{torch.__version__}`" in text
     assert 'PeftModel.from_pretrained(base, "me/sums")' in text and "path/to/the/base/model" in text

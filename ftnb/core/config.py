@@ -106,12 +106,16 @@ class TrainConfig:
                      "forgetting")
     probe_every: int = _f(0, "Probe every N steps (0: at each evaluation; -1: only at step 0 and the end). Always at "
                           "step 0 (the baseline) and at the end.", "forgetting")
+    probe_quick: int = _f(300, "Multiple-choice questions asked at the probes between step 0 and the end: the first ones "
+                          "of each category (the full set, which resolves a smaller loss, runs at step 0, cached per "
+                          "model, and at the end). 0: the full set every time.", "forgetting")
     probe_items: str = _f("", "Your own \"don't forget this\" items, a JSONL file: multiple choice {question, choices, "
                           "answer}, questions with expected answers {question, expect: [...]} or texts {text}.",
                           "forgetting")
     min_retention: float = _f(0.95, "Forgetting budget: the lowest acceptable retention (probe accuracy / baseline "
-                              "accuracy). The best checkpoint is the lowest validation loss among those within budget.",
-                              "forgetting")
+                              "accuracy). A checkpoint is out of budget when even the upper end of its paired 95% "
+                              "interval is below this (it surely forgot more); the best checkpoint is the lowest "
+                              "validation loss among those within.", "forgetting")
     budget_action: str = _f("mark", "When a probe falls below min_retention: 'mark' keeps training but only checkpoints "
                             "within budget can be best; 'stop' stops the run.", "forgetting", choices=("mark", "stop"))
     replay_fraction: float = _f(0.0, "Replay: share of each epoch made of general examples (a bundled general instruction "
@@ -206,6 +210,7 @@ class TrainConfig:
              f"must be 0 or more, not {self.early_stopping_min_delta}")
         need(self.keep_checkpoints >= 1, "keep_checkpoints", f"must be at least 1, not {self.keep_checkpoints}")
         need(self.output_dir.strip(), "output_dir", "must name a folder")
+        need(self.probe_quick >= 0, "probe_quick", f"must be 0 (all) or more, not {self.probe_quick}")
         need(self.probe_every >= -1, "probe_every", f"must be -1, 0 or more, not {self.probe_every}")
         need(0 < self.min_retention <= 1.5, "min_retention", f"must be in (0, 1.5], not {self.min_retention}")
         need(0 <= self.replay_fraction < 1, "replay_fraction", f"must be in [0, 1), not {self.replay_fraction}")

@@ -21,7 +21,7 @@ from .durable import write_atomic, write_json
 from .generate import base_model_context
 from .loss import split_head
 from .models import cache_dir
-from .probe import ProbeSuite, run_probe, summarize, topk_kl
+from .probe import ProbeSuite, pick, run_probe, summarize, topk_kl
 from .rundir import read_json, read_untrusted_json
 
 # probe/step-N.json as the panels read it back: typed, since a run folder may come from anyone
@@ -93,7 +93,8 @@ class ForgettingProbe:
         elif ev.kind == "log" and run.schedule(ev.step, "probe"):
             self.probe(run, ev.step)
         elif ev.kind == "eval" and ev.step in self.last:
-            self.points.append((ev.step, ev.data["val_loss"], self.last[ev.step]["retention"]))
+            # the budget judges the paired interval's upper bound: a point is out only when it surely forgot more
+            self.points.append((ev.step, ev.data["val_loss"], self.last[ev.step]["retention_high"]))
             best = best_within_budget(self.points, self.cfg.min_retention)
             if best is not None and best != run.best_checkpoint:
                 run.best_checkpoint = best
@@ -118,11 +119,14 @@ class ForgettingProbe:
             self._record(run, 0, self.baseline)
 
     def probe(self, run, step):
-        result = run_probe(run.model, run.tokenizer, self.suite, baseline=self.baseline)
-        return self._record(run, step, result)
+        """The full question set at the end (and at step 0: the baseline), the quick subset in between."""
+        quick = self.suite.quick(self.cfg.probe_quick) if step < run.total_steps else None
+        suite, baseline = (quick[0], pick(self.baseline, quick[1])) if quick else (self.suite, self.baseline)
+        result = run_probe(run.model, run.tokenizer, suite, baseline=baseline)
+        return self._record(run, step, result, suite, baseline)
 
-    def _record(self, run, step, result):
-        s = summarize(self.suite, result, self.baseline)
+    def _record(self, run, step, result, suite=None, baseline=None):
+        s = summarize(suite or self.suite, result, baseline or self.baseline)
         if step == 0:
             s["kl"] = 0.0
         self.last[step] = s
@@ -131,11 +135,12 @@ class ForgettingProbe:
                     "kl_per_prompt": result.get("kl", {}).get("per_prompt"), "gen": result.get("gen"),
                     "seconds": result["seconds"]})
         run.emit("probe", step, probe=s)
-        if step and self.cfg.budget_action == "stop" and s["retention"] is not None \
-                and s["retention"] < self.cfg.min_retention:
+        if step and self.cfg.budget_action == "stop" and s["retention_high"] is not None \
+                and s["retention_high"] < self.cfg.min_retention:
             run.request_stop()
-            run.stop_reason = (f"retention {s['retention']:.1%} fell below the budget {self.cfg.min_retention:.0%} "
-                               f"at step {step}")
+            run.stop_reason = (f"retention {s['retention']:.1%} (95% CI {s['retention_low']:.1%} to "
+                               f"{s['retention_high']:.1%}) fell below the budget {self.cfg.min_retention:.0%} at step "
+                               f"{step}: {s['verdict']}")
         return s
 
 
@@ -154,7 +159,7 @@ def read_baseline(folder, suite):
 
 
 def read_budget(folder):
-    """The (step, val_loss, retention) points of probe/budget.json that are well formed."""
+    """The (step, val_loss, retention's upper bound) points of probe/budget.json that are well formed."""
     value, _ = read_untrusted_json(folder / "budget.json")
     points = value.get("points") if isinstance(value, dict) else None
     out = []
@@ -186,9 +191,10 @@ def read_probe_step(run_dir, step):
 
 
 def best_within_budget(points, min_retention):
-    """The step with the lowest validation loss among (step, val_loss, retention) points whose retention is within
-    the budget (a point without a probe result counts as within); None when none is."""
-    ok = [(val, step) for step, val, ret in points if ret is None or ret >= min_retention]
+    """The step with the lowest validation loss among (step, val_loss, retention bound) points within the budget:
+    a point is out when even the upper bound of its paired retention interval is below min_retention (it surely
+    forgot more than allowed); a point without a probe result counts as within. None when none is."""
+    ok = [(val, step) for step, val, bound in points if bound is None or bound >= min_retention]
     return min(ok)[1] if ok else None
 
 

@@ -65,6 +65,15 @@ def list_of(kind, limit=1000):
     return check
 
 
+def mapping_of(kind, limit=100):
+    """A checker for an object whose keys are names and whose values are `kind` (e.g. per-category results)."""
+    def check(v):
+        if not isinstance(v, dict):
+            raise Skip(f"{v!r:.40} is not an object")
+        return {text(k): kind(x) for k, x in list(v.items())[:limit]}
+    return check
+
+
 def record(fields, required=(), lenient=False):
     """A checker for an object: the `fields` it knows ({name: checker}), typed; other keys dropped; a missing
     required field skips it, a missing optional one reads as None. `lenient`: an optional field of the wrong type
@@ -90,13 +99,17 @@ def _field(check, obj, key, lenient):
         return None
 
 
+CATEGORY = record({"n": whole, "acc": number, "acc_base": number, "change": number, "change_low": number,
+                   "change_high": number, "verdict": text}, required=("n", "acc", "acc_base"), lenient=True)
 SAMPLE = record({"prompt": text, "answer": text}, required=("prompt", "answer"))
 PROBE = record({
     "acc": number, "acc_base": number, "acc_norm": number, "n": whole, "acc_low": number, "acc_high": number,
     "retention": number, "retention_low": number, "retention_high": number, "kl": number, "ppl": number,
     "ppl_base": number, "ppl_change": number, "right_to_wrong": list_of(text), "wrong_to_right": list_of(text),
-    "seconds": number, "gen_ok": whole, "gen_ok_base": whole, "gen_n": whole,
-}, required=("acc", "acc_base", "acc_low", "acc_high"))
+    "seconds": number, "gen_ok": whole, "gen_ok_base": whole, "gen_n": whole, "change": number,
+    "change_low": number, "change_high": number, "p_value": number, "verdict": text,
+    "categories": mapping_of(CATEGORY), "judgement": text, "signals": list_of(text, limit=20),
+}, required=("acc", "acc_base", "acc_low", "acc_high"), lenient=True)
 TRAIN_NUMBERS = ("loss", "lr", "grad_norm", "epoch", "tokens", "targets", "tokens_per_s", "elapsed_s", "train_s",
                  "reg_loss", "mem_gb", "skipped_steps")
 SCHEMAS = {

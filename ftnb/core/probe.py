@@ -12,6 +12,7 @@ Speed: each question's choices share one forward pass of the question (a tree at
 the question but not the other choices), many questions share a row, and the output layer is computed only at the
 positions that are scored.
 """
+import dataclasses
 import hashlib
 import json
 import math
@@ -25,6 +26,7 @@ from .data import bundled
 from .generate import _as_messages
 from .loss import split_head
 from .models import mask_attention
+from .paired import paired_change, points, verdict
 
 TOPK = 64
 
@@ -56,6 +58,18 @@ class ProbeSuite:
             raise DataError(f"a multiple-choice probe needs 2+ choices and the index of the right one: {question!r}")
         self.mc.append({"id": id or f"user-{len(self.mc) + 1:03d}", "category": category, "question": question,
                         "choices": list(choices), "answer": answer})
+
+    def quick(self, n):
+        """(a smaller suite, the indices of its questions in this one): the first questions of each category, about
+        n in all, in file order (the same ones every time, so probes of one run compare); None when n asks for all."""
+        if not n or n >= len(self.mc):
+            return None
+        cats = {}
+        for i, it in enumerate(self.mc):
+            cats.setdefault(it.get("category", "other"), []).append(i)
+        per = math.ceil(n / len(cats))
+        keep = sorted(i for idx in cats.values() for i in idx[:per])
+        return dataclasses.replace(self, mc=[self.mc[i] for i in keep]), keep
 
     def add_question(self, question, expect):
         self.questions.append({"question": question, "expect": [e.lower() for e in expect]})
@@ -324,23 +338,26 @@ def wilson(k, n, z=1.96):
 
 
 def summarize(suite, result, baseline):
-    """The forgetting summary of one probe pass against the baseline pass."""
+    """The forgetting summary of one probe pass against the baseline pass: accuracy and its paired change (see
+    paired.py), per category too, retention with the paired interval, drift, perplexity and flipped questions."""
     right = [p == it["answer"] for p, it in zip(result["mc"]["pred"], suite.mc)]
     base_right = [p == it["answer"] for p, it in zip(baseline["mc"]["pred"], suite.mc)]
     n, k, kb = len(right), sum(right), sum(base_right)
     acc, acc_base = k / max(n, 1), kb / max(n, 1)
     lo, hi = wilson(k, n)
     norm = sum(p == it["answer"] for p, it in zip(result["mc"]["pred_norm"], suite.mc)) / max(n, 1)
+    change = paired_change(base_right, right)
     out = {
-        "acc": acc, "acc_base": acc_base, "acc_norm": norm, "n": n,
-        "retention": acc / acc_base if acc_base else None,
-        "retention_low": lo / acc_base if acc_base else None, "retention_high": hi / acc_base if acc_base else None,
-        "acc_low": lo, "acc_high": hi,
+        "acc": acc, "acc_base": acc_base, "acc_norm": norm, "n": n, "acc_low": lo, "acc_high": hi,
+        **{k: change[k] for k in ("change", "change_low", "change_high", "p_value")},
+        "verdict": verdict(change["change"], change["change_low"], change["change_high"]),
+        **retention(acc_base, change),
         "kl": result.get("kl", {}).get("mean"),
         "ppl": result.get("ppl"), "ppl_base": baseline.get("ppl"),
         "ppl_change": (result["ppl"] / baseline["ppl"] - 1) if result.get("ppl") and baseline.get("ppl") else None,
         "right_to_wrong": [it["id"] for r, b, it in zip(right, base_right, suite.mc) if b and not r],
         "wrong_to_right": [it["id"] for r, b, it in zip(right, base_right, suite.mc) if r and not b],
+        "categories": by_category(suite, right, base_right),
         "seconds": result["seconds"]["total"],
     }
     if "gen" in result:
@@ -350,19 +367,56 @@ def summarize(suite, result, baseline):
     return out
 
 
+def pick(result, keep):
+    """A probe result restricted to the multiple-choice questions at indices `keep` (see ProbeSuite.quick)."""
+    mc = {k: [v[i] for i in keep] for k, v in result["mc"].items()}
+    return {**result, "mc": mc}
+
+
+def retention(acc_base, change):
+    """Accuracy as a share of the base model's, with the paired interval of the change: {retention, retention_low,
+    retention_high} (None when the base model got nothing right)."""
+    if not acc_base:
+        return {"retention": None, "retention_low": None, "retention_high": None}
+    return {"retention": 1 + change["change"] / acc_base, "retention_low": 1 + change["change_low"] / acc_base,
+            "retention_high": 1 + change["change_high"] / acc_base}
+
+
+def by_category(suite, right, base_right):
+    """{category: {n, acc, acc_base, change, change_low, change_high, verdict}}."""
+    cats = {}
+    for r, b, it in zip(right, base_right, suite.mc):
+        cats.setdefault(it.get("category", "other"), []).append((r, b))
+    out = {}
+    for cat, pairs in sorted(cats.items()):
+        c = paired_change([b for _, b in pairs], [r for r, _ in pairs])
+        out[cat] = {"n": c["n"], "acc": sum(r for r, _ in pairs) / c["n"], "acc_base": sum(b for _, b in pairs) / c["n"],
+                    **{k: c[k] for k in ("change", "change_low", "change_high")},
+                    "verdict": verdict(c["change"], c["change_low"], c["change_high"])}
+    return out
+
+
 def format_summary(s):
-    lines = [f"multiple choice: {s['acc']:.1%} right (base {s['acc_base']:.1%}; 95% CI {s['acc_low']:.1%} to "
-             f"{s['acc_high']:.1%}, n={s['n']})"]
-    if s.get("retention") is not None:
+    lines = [f"multiple choice: {s.get('verdict') or 'no paired verdict'} ({s['acc']:.1%} right against the base "
+             f"model's {s['acc_base']:.1%}, n={s['n']})"]
+    if s.get("change") is not None:
+        lines.append(f"change in accuracy: {points(s['change'], s['change_low'], s['change_high'])}; "
+                     f"{len(s['right_to_wrong'])} right -> wrong, {len(s['wrong_to_right'])} wrong -> right "
+                     f"(exact McNemar p = {s['p_value']:.2g})")
+    if s.get("retention") is not None and s.get("retention_low") is not None:
         lines.append(f"retention: {s['retention']:.1%} (95% CI {s['retention_low']:.1%} to {s['retention_high']:.1%})")
+    for cat, c in (s.get("categories") or {}).items():
+        lines.append(f"  {cat}: {c['acc']:.0%} (base {c['acc_base']:.0%}), {c['verdict']}")
     if s.get("kl") is not None:
         lines.append(f"drift from the base model: KL {s['kl']:.4f} nats per token")
     if s.get("ppl") and s.get("ppl_base") and s.get("ppl_change") is not None:
         lines.append(f"general-text perplexity: {s['ppl']:.2f} (base {s['ppl_base']:.2f}, {s['ppl_change']:+.1%})")
     if s.get("gen_ok") is not None:
         lines.append(f"general questions answered right: {s['gen_ok']}/{s['gen_n']} (base {s['gen_ok_base']})")
-    lines.append(f"flipped right -> wrong: {len(s['right_to_wrong'])} {', '.join(s['right_to_wrong'][:12])}")
-    lines.append(f"flipped wrong -> right: {len(s['wrong_to_right'])} {', '.join(s['wrong_to_right'][:12])}")
+    lines.append(f"flipped right -> wrong: {', '.join(s['right_to_wrong'][:12]) or 'none'}"
+                 + (" ..." if len(s['right_to_wrong']) > 12 else ""))
+    lines.append(f"flipped wrong -> right: {', '.join(s['wrong_to_right'][:12]) or 'none'}"
+                 + (" ..." if len(s['wrong_to_right']) > 12 else ""))
     if s.get("seconds") is not None:
         lines.append(f"one probe pass: {s['seconds']:.1f} s")
     return "\n".join(lines)

@@ -5,11 +5,13 @@ from pathlib import Path
 
 import ipywidgets as w
 import numpy as np
+import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..core.config import TrainConfig
 from ..core.forgetting import read_probe_step
 from ..core.metrics import History
+from ..core.paired import points
 from ..core.probe import ProbeSuite
 from ..core.rundir import RunDir
 from ..core.saved import best_step
@@ -28,6 +30,22 @@ MITIGATIONS = [  # (field, widget kind, one line)
     ("lora_r", "int", "LoRA rank: lower rank and fewer target layers forget less and learn less."),
     ("lora_targets", "text", "LoRA targets: 'attention' forgets less than 'all-linear'."),
 ]
+
+
+def headline(s):
+    """One probe summary in a line: the verdict first, every figure with its interval (HTML; text escaped)."""
+    parts = [f"<b>{esc(s.get('verdict') or 'no paired verdict')}</b>"]
+    if s.get("change") is not None:
+        parts.append(f"change in accuracy {esc(points(s['change'], s['change_low'], s['change_high']))} "
+                     f"({s['acc']:.1%} against {s['acc_base']:.1%}, n={s['n']}: {len(s['right_to_wrong'])} right "
+                     f"&rarr; wrong, {len(s['wrong_to_right'])} wrong &rarr; right)")
+    if s.get("retention") is not None and s.get("retention_low") is not None:
+        parts.append(f"retention {s['retention']:.1%} (95% CI {s['retention_low']:.1%} to {s['retention_high']:.1%})")
+    if s.get("judgement"):
+        parts.append(f"judgement: <b>{esc(s['judgement'])}</b>")
+    parts.append(f"KL {s.get('kl') or 0:.4f}, perplexity {s.get('ppl') or 0:.2f} (base {s.get('ppl_base') or 0:.2f})"
+                 + (f"; one probe pass {s['seconds']:.1f} s" if s.get("seconds") else ""))
+    return "; ".join(parts)
 
 
 class ForgettingPanel(Panel):
@@ -93,21 +111,27 @@ class ForgettingPanel(Panel):
             self.headline.value = message("info", "no probe yet: it runs at step 0, at each evaluation and at the end")
             return
         steps = np.array([s for s, _ in self.points])
-        get = lambda k: np.array([np.nan if p.get(k) is None else p[k] for _, p in self.points], float)
-        base = self.points[0][1].get("acc_base") or np.nan
-        self.chart.update({0: {"x": steps, "y": get("acc_high")}, 1: {"x": steps, "y": get("acc_low")},
-                           2: {"x": steps, "y": get("acc")}, 3: {"x": steps, "y": np.full(len(steps), base)},
+        get = lambda k, scale=1: np.array([np.nan if p.get(k) is None else p[k] * scale for _, p in self.points],
+                                          float)  # noqa: E731
+        self.chart.update({0: {"x": steps, "y": get("change_high", 100)}, 1: {"x": steps, "y": get("change_low", 100)},
+                           2: {"x": steps, "y": get("change", 100)}, 3: {"x": steps, "y": np.zeros(len(steps))},
                            4: {"x": steps, "y": get("kl")}, 5: {"x": steps, "y": get("ppl")}}, force=True)
         self.summary = s = self.points[-1][1]
-        ret = s.get("retention")
-        self.headline.value = (f"<b>step {esc(self.points[-1][0])}</b>: multiple-choice {s['acc']:.1%} (base "
-                               f"{s['acc_base']:.1%}, 95% CI {s['acc_low']:.1%}-{s['acc_high']:.1%}), "
-                               + (f"retention <b>{ret:.1%}</b>, " if ret is not None else "")
-                               + f"KL {s.get('kl') or 0:.4f}, perplexity {s.get('ppl') or 0:.2f} "
-                               f"(base {s.get('ppl_base') or 0:.2f})"
-                               + (f"; one probe pass {s['seconds']:.1f} s" if s.get("seconds") else "")
-                               + self._best_text())
+        self.headline.value = f"<b>step {esc(self.points[-1][0])}</b>: " + headline(s) + self._best_text()
+        self._draw_categories(s)
         self._draw_details()
+
+    def _draw_categories(self, s):
+        cats = s.get("categories") or {}
+        names = list(cats)
+        change = np.array([cats[c]["change"] * 100 for c in names], float)
+        self.categories_chart.update({0: {"x": names, "y": change,
+                                          "error_y": {"type": "data", "symmetric": False,
+                                                      "array": [(cats[c]["change_high"] - cats[c]["change"]) * 100
+                                                                for c in names],
+                                                      "arrayminus": [(cats[c]["change"] - cats[c]["change_low"]) * 100
+                                                                     for c in names]},
+                                          "text": [f"n={cats[c]['n']}" for c in names]}}, force=True)
 
     def _best_text(self):
         """Which checkpoint the forgetting budget chose so far (load it with checkpoint="best")."""
@@ -136,18 +160,22 @@ class ForgettingPanel(Panel):
                                   f"<th>now</th><th>right</th></tr>{rows}</table>")
 
     def _build(self, static):
-        fig = make_subplots(rows=1, cols=3, subplot_titles=("multiple-choice accuracy (95% CI)",
+        fig = make_subplots(rows=1, cols=3, subplot_titles=("change in accuracy, points (paired 95% CI)",
                                                            "KL(base || current)", "general-text perplexity"))
         fig.add_scatter(x=[], y=[], mode="lines", line=dict(width=0), showlegend=False, row=1, col=1)
         fig.add_scatter(x=[], y=[], mode="lines", line=dict(width=0), fill="tonexty", fillcolor="rgba(31,119,180,0.2)",
                         name="95% CI", row=1, col=1)
-        fig.add_scatter(x=[], y=[], mode="lines+markers", name="accuracy", row=1, col=1)
-        fig.add_scatter(x=[], y=[], mode="lines", line=dict(dash="dash"), name="baseline", row=1, col=1)
+        fig.add_scatter(x=[], y=[], mode="lines+markers", name="change", row=1, col=1)
+        fig.add_scatter(x=[], y=[], mode="lines", line=dict(dash="dash"), name="no change", row=1, col=1)
         fig.add_scatter(x=[], y=[], mode="lines+markers", name="KL", showlegend=False, row=1, col=2)
         fig.add_scatter(x=[], y=[], mode="lines+markers", name="perplexity", showlegend=False, row=1, col=3)
         fig.update_layout(height=300, margin=dict(l=40, r=10, t=40, b=30), legend=dict(orientation="h", y=-0.2))
         fig.update_xaxes(title_text="step")
         self.chart = LiveChart(fig, static=static)
+        cats = go.Figure(go.Bar(x=[], y=[], name="change by category", textposition="outside"))
+        cats.update_layout(height=240, margin=dict(l=40, r=10, t=30, b=30),
+                           title="change in accuracy by category, points (paired 95% CI), last probe")
+        self.categories_chart = LiveChart(cats, static=static)
         self.headline, self.flips, self.answers = w.HTML(), w.HTML(), w.HTML()
         self.mc_question = w.Text(description="question", layout=w.Layout(width="500px"))
         self.mc_choices = w.Textarea(description="choices", placeholder="one per line", layout=w.Layout(width="500px"))
@@ -184,7 +212,7 @@ class ForgettingPanel(Panel):
                 w.link((widget, "value"), (self.form.fields[name], "value"))
             self.switches[name] = widget
             rows.append(w.HBox([widget, w.HTML(f"<span style='color:#555;font-size:0.9em'>{esc(line)}</span>")]))
-        self.root = w.VBox([self.headline, self.chart.widget, w.HBox([self.flips]), w.HTML("<b>Base versus now</b>"),
+        self.root = w.VBox([self.headline, self.chart.widget, self.categories_chart.widget, w.HBox([self.flips]), w.HTML("<b>Base versus now</b>"),
                             self.answers, w.HTML("<b>Your own probe items</b>"),
                             w.HBox([w.VBox([self.mc_question, self.mc_choices, self.mc_answer, self.add_mc_button]),
                                     w.VBox([self.q_text, self.q_expect, self.add_q_button])]), self.items_msg,

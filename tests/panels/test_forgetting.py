@@ -17,9 +17,13 @@ def test_live_probe_curves_flips_answers_and_items(qa_data, tmp_path):
     probes = [m for m in monitor.run.metrics() if "probe" in m]
     assert len(probes) == 3 and [s for s, _ in panel.points] == [m["step"] for m in probes]
     chart = panel.chart.data
-    assert list(chart[2].x) == [m["step"] for m in probes]                      # accuracy
-    assert list(chart[2].y) == [m["probe"]["acc"] for m in probes]
-    assert all(lo <= acc <= hi for lo, acc, hi in zip(chart[1].y, chart[2].y, chart[0].y))  # inside its band
+    assert list(chart[2].x) == [m["step"] for m in probes]          # the paired change in accuracy, in points
+    assert list(chart[2].y) == [m["probe"]["change"] * 100 for m in probes] and chart[2].y[0] == 0
+    assert all(lo <= c <= hi for lo, c, hi in zip(chart[1].y, chart[2].y, chart[0].y))  # inside its band
+    assert [m["probe"]["n"] for m in probes] == [900, 300, 900]  # the quick subset between step 0 and the end
+    cats = panel.categories_chart.data[0]
+    assert len(cats.x) == 6 and list(cats.text) == ["n=150"] * 6  # per category, at the last probe
+    assert probes[-1]["probe"]["verdict"] in panel.headline.value
     assert list(chart[4].y) == [m["probe"]["kl"] for m in probes] and chart[4].y[0] == 0
     assert "retention" in panel.headline.value and "right &rarr; wrong" in panel.flips.value
     assert re.search(r"one probe pass \d+\.\d s", panel.headline.value)
