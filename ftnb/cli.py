@@ -135,11 +135,19 @@ def cmd_runs(args):
     if not runs:
         print(f"no runs under {args.dir}")
         return
-    print(f"{'run':<32} {'state':<11} {'step':>11} {'loss':>7} {'val':>7} {'retain':>7} {'time':>7}")
+    print(f"{'run':<32} {'state':<11} {'step':>11} {'loss':>7} {'val':>7} {'time':>7}  forgetting (retention, 95% CI)")
     for r in runs:
         steps = f"{r['step']}/{r['total_steps'] or '?'}"
         print(f"{r['name'][:32]:<32} {r['state']:<11} {steps:>11} {_fmt(r['loss']):>7} {_fmt(r['val_loss']):>7} "
-              f"{_fmt(r['retention'], '.1%'):>7} {_fmt(r['elapsed_s'], '.0f'):>6}s")
+              f"{_fmt(r['elapsed_s'], '.0f'):>6}s  {_forgetting(r)}")
+
+
+def _forgetting(r):
+    """'no detectable change, 101% (96-106%)': the verdict and retention, never without its interval."""
+    if r.get("retention") is None or r.get("retention_low") is None:
+        return "-"
+    return (f"{r.get('verdict') or 'no paired verdict'}, {r['retention']:.0%} "
+            f"({r['retention_low']:.0%}-{r['retention_high']:.0%})")
 
 
 def cmd_generate(args):

@@ -91,17 +91,19 @@ class RunDirWriter:
 
     def _write(self, ev):
         rd, d = self.run_dir, ev.data
+        warning = {"warning": ev.run.warning} if ev.run is not None and ev.run.warning else {}
         if ev.kind == "start":
             self.total_steps = d["total_steps"]
-            self._running(step=ev.step, total_steps=self.total_steps, error=None)
+            self._running(step=ev.step, total_steps=self.total_steps, error=None, **warning)
             self.start_heartbeat()
         elif ev.kind in self.LINES:
             rd.append_metrics(self.LINES[ev.kind], ev.step, d)
-            if ev.kind == "log":
-                self._running(step=ev.step, total_steps=self.total_steps, error=None)
+            if ev.kind in ("log", "eval", "probe"):  # a warning may come with any of them
+                self._running(step=max(ev.step, (self.status or {}).get("step", 0)), total_steps=self.total_steps,
+                              error=None, **warning)
         elif ev.kind in ENDS:
             self.close()  # no heartbeat may write "running" after this
-            rd.write_status(ev.kind, step=ev.step, total_steps=self.total_steps, error=d.get("error"),
+            rd.write_status(ev.kind, step=ev.step, total_steps=self.total_steps, error=d.get("error"), **warning,
                             **{k: d[k] for k in ("output", "best_checkpoint", "reason") if k in d})
 
     def _running(self, **fields):

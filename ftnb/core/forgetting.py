@@ -134,6 +134,8 @@ class ForgettingProbe:
                    {"step": step, "summary": s, "mc_pred": result["mc"]["pred"], "mc_logprob": result["mc"]["logprob"],
                     "kl_per_prompt": result.get("kl", {}).get("per_prompt"), "gen": result.get("gen"),
                     "seconds": result["seconds"]})
+        if step and s.get("judgement") == "collapsed":
+            run.warn(next(x for x in s["signals"] if x.startswith("collapse")), step)
         run.emit("probe", step, probe=s)
         if step and self.cfg.budget_action == "stop" and s["retention_high"] is not None \
                 and s["retention_high"] < self.cfg.min_retention:

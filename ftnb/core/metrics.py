@@ -250,7 +250,7 @@ class History:
         self.val = {"step": [], "val_loss": []}
         self.probe, self.samples, self.last = [], [], {}
         self.skipped = 0  # lines of the file that were not metrics lines
-        self.total_steps, self.state, self.error, self.best = None, "new", None, None  # from status.json
+        self.total_steps, self.state, self.error, self.best, self.warning = None, "new", None, None, None  # status
 
     def add(self, row):
         """A typed row (see `typed`)."""

@@ -26,6 +26,7 @@ from .data import bundled
 from .generate import _as_messages
 from .loss import split_head
 from .models import mask_attention
+from .judgement import collapse, judge
 from .paired import paired_change, points, verdict
 
 TOPK = 64
@@ -364,6 +365,8 @@ def summarize(suite, result, baseline):
         out["gen_ok"] = sum(g["ok"] for g in result["gen"])
         out["gen_ok_base"] = sum(g["ok"] for g in baseline.get("gen", []))
         out["gen_n"] = len(result["gen"])
+    warning = collapse([g["answer"] for g in result.get("gen", [])], [g["answer"] for g in baseline.get("gen", [])])
+    out["judgement"], out["signals"] = judge(out, warning)
     return out
 
 
@@ -397,7 +400,8 @@ def by_category(suite, right, base_right):
 
 
 def format_summary(s):
-    lines = [f"multiple choice: {s.get('verdict') or 'no paired verdict'} ({s['acc']:.1%} right against the base "
+    lines = [f"judgement: {s['judgement']} ({'; '.join(s.get('signals') or [])})"] if s.get("judgement") else []
+    lines += [f"multiple choice: {s.get('verdict') or 'no paired verdict'} ({s['acc']:.1%} right against the base "
              f"model's {s['acc_base']:.1%}, n={s['n']})"]
     if s.get("change") is not None:
         lines.append(f"change in accuracy: {points(s['change'], s['change_low'], s['change_high'])}; "

@@ -20,6 +20,7 @@ class Run:
         self.best_checkpoint = None  # step of the best checkpoint within the forgetting budget
         self.weights = None  # which weights load_run loaded, in words
         self.stop_reason = None
+        self.warning = None  # a collapse seen while training (status.json's "warning")
         self.steps_per_epoch = 0
         self.emit = lambda kind, step, **data: None  # set by the loop: subscribers publish events through it
         self.main = True  # False in the processes other than process 0 of a multi-process run: they write nothing
@@ -49,6 +50,14 @@ class Run:
 
     def metrics(self):
         return self.run_dir.metrics()
+
+    def warn(self, warning, step):
+        """Record a collapse warning; with a forgetting budget that stops (budget_action="stop") or early stopping
+        set, the run stops with it as the reason."""
+        self.warning = f"{warning} (step {step})"
+        if self.config.budget_action == "stop" or self.config.early_stopping_patience:
+            self.stop_reason = self.warning
+            self.request_stop()
 
     def request_stop(self):
         """Stop at the next step boundary; a checkpoint is saved so the run can be resumed."""

@@ -128,7 +128,7 @@ STATUS = metrics.record({
     "state": metrics.text, "step": metrics.whole, "total_steps": metrics.whole, "error": metrics.text,
     "reason": metrics.text, "output": metrics.text, "best_checkpoint": metrics.whole, "pid": metrics.whole,
     "host": metrics.text, "boot": metrics.text, "start": metrics.whole, "updated": metrics.number,
-    "heartbeat_s": metrics.number}, lenient=True)
+    "heartbeat_s": metrics.number, "warning": metrics.text}, lenient=True)
 LOCK = metrics.record({"pid": metrics.whole, "host": metrics.text, "boot": metrics.text, "start": metrics.whole,
                        "since": metrics.number, "heartbeat_s": metrics.number}, required=("pid", "host"), lenient=True)
 
@@ -395,5 +395,7 @@ def summarize(run):
         mtime = 0
     return {"path": str(run.path), "name": run.path.name, "state": st["state"], "step": st["step"],
             "total_steps": st.get("total_steps"), "loss": last.get("loss"), "val_loss": last_val,
-            "retention": (last_probe or {}).get("retention"), "elapsed_s": last.get("elapsed_s"),
-            "error": st.get("error"), "mtime": mtime}
+            "retention": (last_probe or {}).get("retention"), "retention_low": (last_probe or {}).get("retention_low"),
+            "retention_high": (last_probe or {}).get("retention_high"), "verdict": (last_probe or {}).get("verdict"),
+            "elapsed_s": last.get("elapsed_s"),
+            "error": st.get("error"), "warning": st.get("warning"), "mtime": mtime}

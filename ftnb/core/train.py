@@ -28,6 +28,7 @@ from .durable import atomic_dir, write_json, write_text
 from .errors import ConfigError, DataError, RunError
 from .events import EventBus, RunDirWriter
 from .forgetting import L2SP, ForgettingProbe, KLToBase, replay_examples
+from .judgement import collapse
 from .generate import generate
 from .loss import StepLoss, loss_sum, split_head
 from .models import (DEFAULT_HUB_ID, apply_lora, check_safe_folder, decoder_layers, load_model, pick_device,
@@ -453,6 +454,11 @@ def _fit(run, cfg, run_dir, bus, subscribers, progress, device, model_path, resu
                 model, tok, cfg.sample_prompts, 48))] if cfg.sample_prompts and procs.main else []
         bus.emit("eval", step, run, epoch=round(plan.epoch_of(step), 4), val_loss=val,
                  elapsed_s=round(time.perf_counter() - t_start, 3), samples=samples)
+        warning = collapse([x["answer"] for x in samples], previous_samples or None, val, watch.best
+                           if watch.best_step is not None else None)
+        previous_samples[:] = [x["answer"] for x in samples]
+        if warning:
+            run.warn(warning, step)
         watch.add(step, val)
         if not cfg.probe:  # with the probe on, the best step is the forgetting budget's choice (ForgettingProbe)
             run.best_checkpoint = watch.best_step
@@ -468,6 +474,7 @@ def _fit(run, cfg, run_dir, bus, subscribers, progress, device, model_path, resu
     if watch.best_step is not None and not cfg.probe:
         run.best_checkpoint = watch.best_step
     early = False
+    previous_samples = []  # the sample answers of the last evaluation: collapse is answers turning degenerate
     run_loss = torch.zeros((), device=device)
     run_reg = torch.zeros((), device=device)
     run_targets, run_steps, log_tokens, log_train_s = 0, 0, 0, 0.0

@@ -13,14 +13,18 @@ from ._common import LiveChart, Panel, esc, message, plural
 def trade_off_figure(result):
     """Validation loss (x) against retention (y), one point per run; the Pareto front joined by a line."""
     fig = go.Figure()
-    pts = [(r["name"], p) for r, p in zip(result["runs"], result["points"]) if p is not None]
-    fig.add_scatter(x=[p[0] for _, p in pts], y=[p[1] for _, p in pts], text=[n for n, _ in pts], mode="markers+text",
-                    textposition="top center", name="runs")
+    pts = [(r["name"], p, r["probe"][-1][1]) for r, p in zip(result["runs"], result["points"]) if p is not None]
+    bound = lambda s, k: s.get(k) if s.get(k) is not None else s["retention"]  # noqa: E731
+    fig.add_scatter(x=[p[0] for _, p, _ in pts], y=[p[1] for _, p, _ in pts], text=[n for n, _, _ in pts],
+                    mode="markers+text", textposition="top center", name="runs",
+                    error_y=dict(type="data", symmetric=False,  # retention's paired 95% interval
+                                 array=[bound(s, "retention_high") - p[1] for _, p, s in pts],
+                                 arrayminus=[p[1] - bound(s, "retention_low") for _, p, s in pts]))
     front = [result["points"][i] for i in result["pareto"]]
     fig.add_scatter(x=[p[0] for p in front], y=[p[1] for p in front], mode="lines+markers", name="Pareto front",
                     marker=dict(size=12, symbol="star"))
     fig.update_layout(xaxis_title="task validation loss (lower learns more)",
-                      yaxis_title="retention (higher forgets less)", height=360, margin=dict(l=50, r=10, t=30, b=40))
+                      yaxis_title="retention, paired 95% CI (higher forgets less)", height=360, margin=dict(l=50, r=10, t=30, b=40))
     return fig
 
 

@@ -172,6 +172,7 @@ class TrainingMonitor(Panel):
         h.state, h.error = st.get("state", "unknown"), st.get("error")
         h.total_steps = st.get("total_steps") or h.total_steps
         h.best = st.get("best_checkpoint", h.best)
+        h.warning = st.get("warning", h.warning)
         self.status.value = message("error" if h.state in ("failed", "interrupted", "not responding", "unreadable")
                                     else "info",
                                     f"{self.run_dir.path}: {h.state}" + (f" ({h.error})" if h.error else ""))
@@ -216,6 +217,8 @@ class TrainingMonitor(Panel):
         if best is not None:
             parts.append(f"best checkpoint: step {best}")
         self.progress_label.value = " · ".join(parts)
+        warning = self.run.warning if self.run is not None else h.warning
+        self.warning.value = message("warn", warning) if warning else ""
         if h.samples:
             rows = "".join(f"<tr><td>{esc(s['prompt'])}</td><td>{esc(s['answer'])}</td></tr>" for s in h.samples)
             self.samples.value = (f"<b>Sample answers at step {esc(va['step'][-1])}</b><table style='font-size:0.9em'>"
@@ -239,9 +242,10 @@ class TrainingMonitor(Panel):
         self.progress = w.IntProgress(min=0, max=1, value=0, layout=w.Layout(width="400px"))
         self.progress_label = w.HTML()
         self.status = w.HTML()
+        self.warning = w.HTML()  # a collapse seen while training
         self.samples = w.HTML()
         self.root = w.VBox([w.HBox([self.start_button, self.stop_button, self.resume_button]),
-                            w.HBox([self.progress, self.progress_label]), self.status, self.chart.widget,
+                            w.HBox([self.progress, self.progress_label]), self.status, self.warning, self.chart.widget,
                             self.samples])
 
     def _guard(self, fn):

@@ -16,6 +16,12 @@ export interface IRunSummary {
   loss: Measure;
   val_loss: Measure;
   retention: Measure;
+  /** The paired 95% interval of retention (ftnb.core.paired), and the probe's verdict in words. */
+  retention_low?: Measure;
+  retention_high?: Measure;
+  verdict?: string | null;
+  /** A collapse seen while training (status.json's "warning"). */
+  warning?: string | null;
   elapsed_s: Measure;
   error: string | null;
   mtime: number | null;
@@ -73,12 +79,19 @@ export function formatLoss(v: Measure): string {
   return v ?? '–';
 }
 
-/** Retention (probe accuracy relative to the base model) as a percentage, "98.5%". */
-export function formatRetention(v: Measure): string {
-  if (typeof v === 'number') {
-    return `${(100 * v).toFixed(1)}%`;
+/**
+ * Retention (probe accuracy relative to the base model) as a percentage with its paired 95% interval,
+ * "98.5% (93.1–103.2%)"; the interval is left out only for runs whose probe recorded none.
+ */
+export function formatRetention(v: Measure, low?: Measure, high?: Measure): string {
+  if (typeof v !== 'number') {
+    return v ?? '–';
   }
-  return v ?? '–';
+  const pct = (x: number) => `${(100 * x).toFixed(1)}`;
+  if (typeof low === 'number' && typeof high === 'number') {
+    return `${pct(v)}% (${pct(low)}–${pct(high)}%)`;
+  }
+  return `${pct(v)}%`;
 }
 
 /** "45s", "3m 05s", "2h 07m". */
@@ -107,7 +120,7 @@ export function formatDetails(run: IRunSummary): string {
     parts.push(`val ${formatLoss(run.val_loss)}`);
   }
   if (run.retention !== null && run.retention !== undefined) {
-    parts.push(`retention ${formatRetention(run.retention)}`);
+    parts.push(`retention ${formatRetention(run.retention, run.retention_low, run.retention_high)}`);
   }
   if (run.elapsed_s !== null && run.elapsed_s !== undefined) {
     parts.push(formatDuration(run.elapsed_s));

@@ -147,8 +147,9 @@ export class RunsSidebar extends Widget {
     row.state.textContent = this._stopping.has(run.path) ? 'stopping' : run.state ?? 'unknown';
     row.details.textContent = formatDetails(run);
     row.bar.style.width = `${percent(run.step, run.total_steps) ?? 0}%`;
-    row.error.textContent = run.error ?? '';
-    row.error.hidden = !run.error;
+    const trouble = run.error ?? (run.warning ? `warning: ${run.warning}` : '');
+    row.error.textContent = trouble;
+    row.error.hidden = !trouble;
     row.stop.hidden = !running;
     row.stop.disabled = this._stopping.has(run.path);
     row.stop.title = `Ask the process training ${run.name} to stop (it saves a checkpoint first)`;

@@ -184,7 +184,7 @@ def test_studio_trains_and_draws(page, root):
     shot(page, out, "train")
 
     widget_tab(out, "Forgetting").click()
-    out.locator(".widget-html-content:visible", has_text=re.compile(r"multiple-choice .* retention")).first.wait_for()
+    out.locator(".widget-html-content:visible", has_text=re.compile(r"change in accuracy .* retention .*95% CI")).first.wait_for()
     wait_for(lambda: chart_points(out, 2) == 4, 30, "the accuracy curve (steps 0, 7, 14, 21)")
     shot(page, out, "forgetting")
     widget_tab(out, "Compare").click()
@@ -295,7 +295,7 @@ def test_a_hostile_run_folder_shows_as_text(page, root):
     run_all(page)
     samples = output_of(page, 0).locator(".widget-html-content", has_text="Sample answers at step")
     samples.wait_for(timeout=90000)
-    headline = output_of(page, 1).locator(".widget-html-content", has_text="multiple-choice")
+    headline = output_of(page, 1).locator(".widget-html-content", has_text="perplexity")
     headline.wait_for(timeout=60000)
     page.wait_for_timeout(500)  # an image that fails to load fires its onerror
     assert page.evaluate("typeof window.__xss") == "undefined"

@@ -88,6 +88,7 @@ describe('formatting', () => {
     expect(formatLoss('nan')).toBe('nan');
     expect(formatLoss(null)).toBe('–');
     expect(formatRetention(0.985)).toBe('98.5%');
+    expect(formatRetention(0.985, 0.931, 1.032)).toBe('98.5% (93.1–103.2%)');
     expect(formatRetention(undefined)).toBe('–');
     expect(formatDuration(45)).toBe('45s');
     expect(formatDuration(185)).toBe('3m 05s');
@@ -100,6 +101,9 @@ describe('formatting', () => {
     expect(formatDetails(run({}))).toBe('10/40 (25%) · loss 1.5 · 12s');
     expect(formatDetails(run({ val_loss: 2, retention: 0.9, elapsed_s: null }))).toBe(
       '10/40 (25%) · loss 1.5 · val 2 · retention 90.0%'
+    );
+    expect(formatDetails(run({ retention: 0.9, retention_low: 0.85, retention_high: 0.95, elapsed_s: null }))).toBe(
+      '10/40 (25%) · loss 1.5 · retention 90.0% (85.0–95.0%)'
     );
     expect(statusText(run({ name: 'demo' }))).toBe('demo 10/40 (25%)');
   });
