@@ -387,7 +387,8 @@ def main(argv=None):
                    help="a JSONL file of {question, choices, answer}, scored with lm-eval's arc_easy prompt "
                         "(repeatable)")
     p.add_argument("--include-path", metavar="DIR", help="a folder of your own task YAML files, named in --tasks")
-    p.add_argument("--limit", type=int, default=None, help="only the first N documents of each task: a quick look")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="only the first N documents of each task: a quick look")
     _add_checkpoint_flag(p)
     p.add_argument("--base", action=argparse.BooleanOptionalAction, default=True,
                    help="also score the base model, for the differences (LoRA: adapter off; full: loaded separately)")
