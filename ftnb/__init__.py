@@ -15,14 +15,15 @@ from .server import _jupyter_labextension_paths, _jupyter_server_extension_point
 _ELSEWHERE = {  # public name -> (module, attribute), beside everything in ftnb.core.__all__
     "bundled": ("ftnb.core.data", "bundled"), "Studio": ("ftnb.panels.studio", "Studio"),
     "export_model": ("ftnb.export.merge", "export"), "push_to_hub": ("ftnb.export.hub", "push_to_hub"),
-    "export_gguf": ("ftnb.export.gguf", "export_gguf"),
+    "export_gguf": ("ftnb.export.gguf", "export_gguf"), "benchmark": ("ftnb.evaluate.harness", "benchmark"),
 }
-_PACKAGES = ("core", "export", "panels")  # sub-packages, found by attribute access too
+_PACKAGES = ("core", "evaluate", "export", "panels")  # sub-packages, found by attribute access too
 
 
 def __getattr__(name):
     """ftnb.train, ftnb.TrainConfig ... (everything in ftnb.core.__all__), ftnb.bundled, ftnb.Studio,
-    ftnb.export_model, ftnb.export_gguf, ftnb.push_to_hub, and the sub-packages ftnb.export and ftnb.panels."""
+    ftnb.export_model, ftnb.export_gguf, ftnb.push_to_hub, ftnb.benchmark, and the sub-packages ftnb.evaluate,
+    ftnb.export and ftnb.panels."""
     import importlib
     if name in _ELSEWHERE:
         module, attr = _ELSEWHERE[name]

@@ -243,6 +243,31 @@ def cmd_probe(args):
     print(format_summary(summary))
 
 
+def cmd_eval(args):
+    """Score a run (and its base) on lm-eval benchmarks; one table line per task and metric."""
+    from .evaluate.harness import benchmark
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its notes on an in-memory model are for lm-eval's own CLI
+    tasks = [t for t in (args.tasks or "").split(",") if t.strip()] + list(args.mc_file or ())
+    if not tasks:
+        raise FtnbError("name tasks with --tasks (arc_easy,hellaswag, a task .yaml, a .jsonl) or --mc-file FILE.jsonl")
+    res = benchmark(args.run, tasks, limit=args.limit, checkpoint=args.checkpoint, base=args.base,
+                    include_path=args.include_path, device=args.device, trust_remote_code=args.trust_remote_code,
+                    **({"batch_size": args.batch_size} if args.batch_size else {}))
+    first = next(iter(res.values()))
+    print(f"({first['weights']}; base: {first['base_from'] or 'not scored'}; lm-eval {first['lm_eval_version']}; "
+          f"{first['seconds']:.0f} s)")
+    print(f"{'task':<28} {'metric':<10} {'n':>6} {'base':>15} {'tuned':>15} {'difference':>10}  right->wrong / "
+          "wrong->right")
+    pm = lambda v, e: "-" if v is None else f"{v:.3f}" + (f" ± {e:.3f}" if e is not None else "")  # noqa: E731
+    for task, rec in res.items():
+        for name, m in rec["metrics"].items():
+            p = rec["paired"].get(name)
+            print(f"{task[:28]:<28} {name[:10]:<10} {_fmt(rec['n']):>6} {pm(m['base'], m['base_stderr']):>15} "
+                  f"{pm(m['tuned'], m['tuned_stderr']):>15} {_fmt(m['difference'], '+.3f'):>10}  "
+                  + (f"{p['lost']} / {p['gained']}" if p else "-"))
+    print("stored in " + ", ".join(rec["path"] for rec in res.values()))
+
+
 def cmd_demo(args):
     from .demo import run_demo, run_forgetting_demo
     if args.forgetting:
@@ -359,6 +384,27 @@ def main(argv=None):
     _add_checkpoint_flag(p)
     _add_trust_flag(p)
     p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("eval", help="score a run and its base on real benchmarks with lm-evaluation-harness, in "
+                                    "memory (pip install 'ftnb[eval]'); stored in the run's benchmarks/ folder")
+    p.add_argument("run")
+    p.add_argument("--tasks", metavar="T1,T2", help="comma-separated: lm-eval task names (arc_easy, hellaswag, mmlu: "
+                                                    "data from the Hub), task .yaml files, or .jsonl files of "
+                                                    "{question, choices, answer}")
+    p.add_argument("--mc-file", action="append", metavar="FILE.jsonl",
+                   help="a JSONL file of {question, choices, answer}, scored with lm-eval's arc_easy prompt "
+                        "(repeatable)")
+    p.add_argument("--include-path", metavar="DIR", help="a folder of your own task YAML files, named in --tasks")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="only the first N documents of each task: a quick look")
+    _add_checkpoint_flag(p)
+    p.add_argument("--base", action=argparse.BooleanOptionalAction, default=True,
+                   help="also score the base model, for the differences (LoRA: adapter off; full: loaded separately)")
+    p.add_argument("--batch-size", type=int, default=None, help="requests per forward pass (default 16): larger is "
+                                                                "faster until memory runs out")
+    p.add_argument("--device", default="auto", help="cpu, cuda, mps (default: the fastest there is)")
+    _add_trust_flag(p)
+    p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("push", help="upload a run to the Hugging Face Hub with a model card (adapter, or --merged)")
     p.add_argument("run")

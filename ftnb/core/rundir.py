@@ -8,6 +8,8 @@
                       `updated`, its heartbeat (refreshed every few seconds while running)
     adapter/ model/   the result (safetensors)
     checkpoints/step-N/  weights, optimizer, scheduler and RNG state
+    benchmarks/       lm-eval scores of the tuned model and its base, written after training by ftnb eval (one file
+                      a task and weights; the format is ftnb/evaluate/results.py's, outside the core)
     STOP              a stop request; the loop honours it at the next step
     run.lock          held by the one process writing this run: its host, PID and start time; touched by the
                       heartbeat

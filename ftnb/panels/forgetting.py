@@ -66,6 +66,7 @@ class ForgettingPanel(Panel):
             self.reload()
         else:
             self.redraw()
+        self._build_benchmark()
 
     # -- plain functions --
     def reload(self):
@@ -223,6 +224,68 @@ class ForgettingPanel(Panel):
             fn(*args)
         except Exception as e:
             self.items_msg.value = message("error", str(e))
+
+    # -- check on a benchmark (ftnb.evaluate: lm-evaluation-harness, pip install 'ftnb[eval]') --
+    def _build_benchmark(self):
+        self.bench_tasks = w.Text(value="arc_easy", description="tasks", layout=w.Layout(width="420px"),
+                                  placeholder="arc_easy,hellaswag, a task .yaml, a {question, choices, answer} .jsonl")
+        self.bench_limit = w.IntText(value=100, description="limit", layout=w.Layout(width="160px"),
+                                     tooltip="the first N documents of each task, a quick look (0: all of them)")
+        self.bench_button = w.Button(description="Check on a benchmark", icon="check", layout=w.Layout(width="auto"))
+        self.bench_button.on_click(lambda _: self._start_benchmark())
+        self.bench_out, self._bench_thread = w.HTML(), None
+        self.root.children += (w.HTML("<b>Check on a benchmark</b> (lm-evaluation-harness, base and tuned)"),
+                               w.HBox([self.bench_tasks, self.bench_limit, self.bench_button]), self.bench_out)
+        self.show_benchmarks()
+
+    def check_benchmark(self, tasks, limit=None, checkpoint=None, **kw):
+        """Score this run and its base on lm-eval tasks (ftnb.evaluate.benchmark: stored in the run folder), show
+        every stored score and return this check's {task: record}."""
+        from ..evaluate import benchmark
+        if self.run_dir is None:
+            raise ValueError("no run yet: train one, or open a run folder (run_dir=...)")
+        res = benchmark(self.run_dir.path, tasks, limit=limit, checkpoint=checkpoint, **kw)
+        self.show_benchmarks()
+        return res
+
+    def show_benchmarks(self):
+        """The run folder's stored benchmark scores as a table: base, tuned, difference and flips per metric."""
+        from ..evaluate.results import read_all
+        recs, skipped = read_all(self.run_dir.path) if self.run_dir is not None else ([], [])
+        pm = lambda v, e: "-" if v is None else f"{v:.3f}" + (f" &plusmn; {e:.3f}" if e is not None else "")  # noqa: E731
+        rows = []
+        for r in recs:
+            weights = "final" if r["checkpoint"] == "final" else f"step {r['checkpoint']}"
+            for name, m in r["metrics"].items():
+                p = r["paired"].get(name)
+                flips = f"{p['lost']} / {p['gained']}" if p else "-"
+                diff = "-" if m["difference"] is None else f"{m['difference']:+.3f}"
+                rows.append(f"<tr><td>{esc(r['task'])}</td><td>{esc(weights)}</td><td>{esc(r['n'])}</td>"
+                            f"<td>{esc(name)}</td><td>{pm(m['base'], m['base_stderr'])}</td>"
+                            f"<td>{pm(m['tuned'], m['tuned_stderr'])}</td><td>{diff}</td>"
+                            f"<td>{flips}</td></tr>")
+        table = ("<table style='font-size:0.88em'><tr><th>task</th><th>weights</th><th>n</th><th>metric</th>"
+                 "<th>base</th><th>tuned</th><th>difference</th><th>right &rarr; wrong / wrong &rarr; right</th></tr>"
+                 + "".join(rows) + "</table>") if rows else ""
+        self.bench_out.value = table + "".join(message("warn", why) for why in skipped)
+
+    def _start_benchmark(self):
+        """The button: the check runs in a thread (minutes on a CPU); widgets change only by trait assignment."""
+        import threading
+        if self._bench_thread is not None and self._bench_thread.is_alive():
+            return
+        self.bench_button.disabled = True
+        self.bench_out.value = message("info", "scoring the tuned model and its base (lm-eval's progress in the log)")
+
+        def work():
+            try:
+                self.check_benchmark(self.bench_tasks.value, self.bench_limit.value or None)
+            except Exception as e:
+                self.bench_out.value = message("error", str(e))
+            finally:
+                self.bench_button.disabled = False
+        self._bench_thread = threading.Thread(target=work, daemon=True, name="ftnb-benchmark")
+        self._bench_thread.start()
 
     def close(self):
         if self.monitor is not None and self._on_event in self.monitor.listeners:
