@@ -245,6 +245,7 @@ def cmd_probe(args):
 
 def cmd_eval(args):
     """Score a run (and its base) on lm-eval benchmarks; one table line per task and metric."""
+    from .core.paired import points
     from .evaluate.harness import benchmark
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its notes on an in-memory model are for lm-eval's own CLI
     tasks = [t for t in (args.tasks or "").split(",") if t.strip()] + list(args.mc_file or ())
@@ -265,6 +266,11 @@ def cmd_eval(args):
             print(f"{task[:28]:<28} {name[:10]:<10} {_fmt(rec['n']):>6} {pm(m['base'], m['base_stderr']):>15} "
                   f"{pm(m['tuned'], m['tuned_stderr']):>15} {_fmt(m['difference'], '+.3f'):>10}  "
                   + (f"{p['lost']} / {p['gained']}" if p else "-"))
+    for task, rec in res.items():  # the paired view of each 0/1 metric: the probe's verdict and interval
+        for name, p in rec["paired"].items():
+            if p["difference_low"] is not None:
+                print(f"{task} {name}: {p['verdict']}, {points(p['difference'], p['difference_low'], p['difference_high'])}"
+                      f", McNemar p = {p['p_value']:.3g}")
     print("stored in " + ", ".join(rec["path"] for rec in res.values()))
 
 

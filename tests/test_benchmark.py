@@ -2,6 +2,7 @@
 the forgetting panel's "Check on a benchmark"), the scores are stored in the run folder and read back typed."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ pytest.importorskip("lm_eval")  # the test extra installs it: CI runs all of the
 
 import ftnb  # noqa: E402
 from ftnb.cli import main  # noqa: E402
+from ftnb.core import paired  # noqa: E402
 from ftnb.core.errors import DataError, RunError  # noqa: E402
 from ftnb.evaluate import benchmark, harness, mc_task, read_benchmarks, results  # noqa: E402
 
@@ -74,7 +76,11 @@ def test_lora_run_and_its_base_are_scored_in_memory_and_stored(lora_run, questio
         flips = list(zip(p["base_correct"], p["tuned_correct"]))
         assert (p["lost"], p["gained"]) == (flips.count(("1", "0")), flips.count(("0", "1")))
         assert p["difference"] == pytest.approx(m["difference"])  # paired and unpaired agree on the mean
-        assert p["difference_low"] is None  # until ftnb.core.paired is wired into results.paired_interval
+        lo, hi = p["difference_low"], p["difference_high"]  # the probe's paired interval (tests/test_paired.py)
+        assert (lo, hi) == pytest.approx(tuple(paired.change_interval(p["lost"], p["gained"], 8)[k]
+                                               for k in ("change_low", "change_high")))
+        assert lo < p["difference"] < hi and p["verdict"] == paired.verdict(p["difference"], lo, hi)
+        assert p["p_value"] == paired.mcnemar_p(p["lost"], p["gained"])
     stored, skipped = read_benchmarks(lora_run)
     assert stored == [rec] and not skipped
 
@@ -102,6 +108,7 @@ def test_cli_eval_with_mc_file_local_yaml_and_include_path(lora_run, questions, 
     out = capsys.readouterr().out
     assert "the final weights" in out and "base: adapter off" in out and "right->wrong" in out
     assert "mc_questions" in out and "acc_norm" in out and "±" in out
+    assert re.search(r"mc_questions acc: (no detectable change|forgot|improved).*95% CI.*McNemar p = ", out)
     assert out.strip().endswith(str(Path(lora_run) / "benchmarks" / "mc_questions-final-limit4.json"))
     # a user's own task YAML: as a file, and by name from a folder of them (--include-path); no base this time
     tasks = tmp_path / "my_tasks"
@@ -196,7 +203,8 @@ def test_hostile_results_files_are_read_without_error(tmp_path):
                               "7": dict.fromkeys(("base", "base_stderr", "tuned", "tuned_stderr", "difference",
                                                   "higher_is_better"))}
     assert odd["paired"] == {"acc": {"n": 3, "lost": 1, "gained": 0, "difference": -0.3, "difference_low": None,
-                                     "difference_high": None, "base_correct": None, "tuned_correct": None}}
+                                     "difference_high": None, "p_value": None, "verdict": None,
+                                     "base_correct": None, "tuned_correct": None}}
     t = recs[1]
     assert t["checkpoint"] == 3 and t["metrics"]["acc"]["difference"] == -0.5
     p = t["paired"]["acc"]
@@ -211,6 +219,7 @@ def test_forgetting_panel_checks_on_a_benchmark(lora_run, questions):
     panel.bench_button.click()
     panel._bench_thread.join(300)
     assert "<td>mc_questions</td><td>final</td><td>3</td><td>acc</td>" in panel.bench_out.value
+    assert re.search(r"<b>(no detectable change|forgot|improved).*</b> \(.*points \(95% CI", panel.bench_out.value)
     assert panel.bench_button.disabled is False
     again = ForgettingPanel(run_dir=lora_run)  # stored in the run folder: shown when the run is opened again
     assert again.bench_out.value == panel.bench_out.value

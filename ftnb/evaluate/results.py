@@ -9,8 +9,8 @@ reads it.
     n, limit        documents scored; the --limit asked for (null: all)
     metrics         {metric: {base, base_stderr, tuned, tuned_stderr, difference (tuned - base), higher_is_better}}
     paired          {metric: {n, lost (right -> wrong: McNemar's b), gained (wrong -> right: c), difference
-                    ((gained - lost) / n, the paired difference), difference_low, difference_high (its interval:
-                    null until ftnb.core.paired is wired in `paired_interval`), base_correct, tuned_correct
+                    ((gained - lost) / n, the paired difference), difference_low, difference_high (its 95% interval,
+                    Bonett-Price), p_value (exact McNemar), verdict (in words), base_correct, tuned_correct
                     (one "0"/"1" a document, in lm-eval's document order)}} for metrics scored 0 or 1 per document
     lm_eval_version, date (ISO 8601, UTC), seconds (scoring time, base and tuned), batch_size
 
@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..core.durable import write_json
+from ..core.paired import change_interval, mcnemar_p, verdict
 from ..core.metrics import Skip, boolean, nullable, number, record, text, whole
 from ..core.rundir import read_untrusted_json
 
@@ -33,21 +34,18 @@ MAX_BYTES = 16 << 20  # a results file larger than this is not read (MMLU's 14,0
 MAX_KEYS = 200  # metrics read per file
 
 
-def paired_interval(base_correct, tuned_correct):
-    """HOOK for ftnb.core.paired: (low, high), the confidence interval of the paired difference in accuracy
-    (tuned - base) of two equally long 0/1 lists, one entry per document. None until that module lands."""
-    return None
-
-
 def paired(base_correct, tuned_correct):
-    """The paired view of one metric scored 0 or 1 on the same documents by the base and the tuned model."""
+    """The paired view of one metric scored 0 or 1 on the same documents by the base and the tuned model: the flips
+    both ways, the paired difference with its 95% interval, McNemar's p-value and the verdict (ftnb.core.paired, as
+    the probe's)."""
     n = len(base_correct)
     assert n == len(tuned_correct) and n > 0
     lost = sum(1 for b, t in zip(base_correct, tuned_correct) if b and not t)
     gained = sum(1 for b, t in zip(base_correct, tuned_correct) if t and not b)
-    interval = paired_interval(base_correct, tuned_correct)
-    return {"n": n, "lost": lost, "gained": gained, "difference": (gained - lost) / n,
-            "difference_low": interval[0] if interval else None, "difference_high": interval[1] if interval else None,
+    ci = change_interval(lost, gained, n)
+    return {"n": n, "lost": lost, "gained": gained, "difference": ci["change"], "difference_low": ci["change_low"],
+            "difference_high": ci["change_high"], "p_value": mcnemar_p(lost, gained),
+            "verdict": verdict(ci["change"], ci["change_low"], ci["change_high"]),
             "base_correct": "".join("1" if b else "0" for b in base_correct),
             "tuned_correct": "".join("1" if t else "0" for t in tuned_correct)}
 
@@ -128,7 +126,7 @@ NUMBER = nullable(number)
 METRIC = record({"base": NUMBER, "base_stderr": NUMBER, "tuned": NUMBER, "tuned_stderr": NUMBER,
                  "difference": NUMBER, "higher_is_better": nullable(boolean)}, lenient=True)
 PAIRED = record({"n": whole, "lost": whole, "gained": whole, "difference": number, "difference_low": NUMBER,
-                 "difference_high": NUMBER, "base_correct": zeros_and_ones, "tuned_correct": zeros_and_ones},
+                 "difference_high": NUMBER, "p_value": NUMBER, "verdict": text, "base_correct": zeros_and_ones, "tuned_correct": zeros_and_ones},
                 required=("n", "lost", "gained", "difference"), lenient=True)
 RECORD = record({
     "format": whole, "task": text, "source": text, "weights": text, "checkpoint": step_or_final, "base_from": text,

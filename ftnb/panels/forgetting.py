@@ -260,12 +260,15 @@ class ForgettingPanel(Panel):
                 p = r["paired"].get(name)
                 flips = f"{p['lost']} / {p['gained']}" if p else "-"
                 diff = "-" if m["difference"] is None else f"{m['difference']:+.3f}"
+                if p and p["verdict"] and p["difference_low"] is not None:  # the paired view: the probe's verdict
+                    diff = (f"<b>{esc(p['verdict'])}</b> "
+                            f"({esc(points(p['difference'], p['difference_low'], p['difference_high']))})")
                 rows.append(f"<tr><td>{esc(r['task'])}</td><td>{esc(weights)}</td><td>{esc(r['n'])}</td>"
                             f"<td>{esc(name)}</td><td>{pm(m['base'], m['base_stderr'])}</td>"
                             f"<td>{pm(m['tuned'], m['tuned_stderr'])}</td><td>{diff}</td>"
                             f"<td>{flips}</td></tr>")
         table = ("<table style='font-size:0.88em'><tr><th>task</th><th>weights</th><th>n</th><th>metric</th>"
-                 "<th>base</th><th>tuned</th><th>difference</th><th>right &rarr; wrong / wrong &rarr; right</th></tr>"
+                 "<th>base</th><th>tuned</th><th>difference (paired)</th><th>right &rarr; wrong / wrong &rarr; right</th></tr>"
                  + "".join(rows) + "</table>") if rows else ""
         self.bench_out.value = table + "".join(message("warn", why) for why in skipped)
 
