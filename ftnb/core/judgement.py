@@ -13,6 +13,7 @@ The thresholds are calibrated on runs from gentle to destructive (docs/forgettin
 import collections
 import re
 
+JUDGEMENTS = ("stable", "drifting", "forgetting", "collapsed")
 KL_DRIFT = 1.0     # nats per token along the base model's own answers
 PPL_DRIFT = 0.5    # +50% general-text perplexity
 REPEAT_SHARE = 0.6  # an answer whose most common word (or character run) is this share of it is degenerate

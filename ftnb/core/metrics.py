@@ -53,6 +53,15 @@ def text(v):
     return v[:MAX_TEXT]
 
 
+def one_of(*values):
+    """One of a few known strings."""
+    def check(v):
+        if v not in values or not isinstance(v, str):
+            raise Skip(f"{v!r:.40} is none of {', '.join(values)}")
+        return v
+    return check
+
+
 def nullable(kind):
     return lambda v: None if v is None else kind(v)
 

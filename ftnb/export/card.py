@@ -11,6 +11,8 @@ from pathlib import Path
 
 from ..core import metrics
 from ..core.formats import FORMAT_NAMES
+from ..core.judgement import JUDGEMENTS
+from ..core.paired import points, verdict
 from ..core.probe import format_summary
 from ..core.rundir import RunDir, read_untrusted_json
 from ..core.sources import FILE_KINDS
@@ -258,8 +260,14 @@ def _results_section(cfg, rows, step):
     else:
         row = probes[-1]
         s = row["probe"]
-        lines.append(f"- Forgetting, measured by ftnb's probe at step {row['step']} against the base model: retention "
-                     f"{_pct(s['retention'])} (95% CI {_pct(s['retention_low'])} to {_pct(s['retention_high'])}), "
+        # words made here from the line's typed numbers, never its own text (a run folder may come from anyone)
+        paired = (f"{verdict(s['change'], s['change_low'], s['change_high'])} in general multiple-choice accuracy "
+                  f"(change {points(s['change'], s['change_low'], s['change_high'])}, n={s['n']})"
+                  + (f", judgement: {s['judgement']}" if s.get("judgement") in JUDGEMENTS else "") + "; "
+                  if None not in (s.get("change"), s.get("change_low"), s.get("change_high")) else "")
+        lines.append(f"- Forgetting, measured by ftnb's probe at step {row['step']} against the base model: {paired}"
+                     f"retention {_pct(s['retention'])} (95% CI {_pct(s['retention_low'])} to "
+                     f"{_pct(s['retention_high'])}), "
                      f"KL from the base {_num(s['kl'])} nats per token, general-text perplexity {_num(s['ppl'], '.2f')}"
                      f" (base {_num(s['ppl_base'], '.2f')}), multiple-choice answers flipped: "
                      f"{len(s['right_to_wrong'])} right to wrong, {len(s['wrong_to_right'])} wrong to right. "
