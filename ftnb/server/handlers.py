@@ -14,7 +14,8 @@ from traitlets.config import Configurable
 from ..core.rundir import RunDir
 from .runs import PathRefused, RunIndex, read_config, resolve_run
 
-TEMPLATE = Path(__file__).resolve().parent.parent / "resources" / "quickstart_template.ipynb"
+# notebooks/01_quickstart.ipynb, copied into the package (tests/test_notebooks.py checks the copy is exact)
+TEMPLATE = Path(__file__).resolve().parent.parent / "resources" / "quickstart.ipynb"
 
 
 class FtnbServer(Configurable):
