@@ -7,7 +7,6 @@ Names are imported on first use, so `import ftnb` is instant (Jupyter imports it
 here under names of their own: `ftnb.export_model` (ftnb.export.export: merge a run into a transformers folder) and
 `ftnb.export_gguf`, `ftnb.push_to_hub`. A name means one thing: `ftnb.export` never turns from a function into the package.
 """
-__version__ = "0.1.0"
 
 # Jupyter looks for these hooks on the package (`jupyter server extension list`, `jupyter labextension develop .`)
 from .server import _jupyter_labextension_paths, _jupyter_server_extension_points  # noqa: F401
@@ -25,6 +24,8 @@ def __getattr__(name):
     ftnb.export_model, ftnb.export_gguf, ftnb.push_to_hub, ftnb.benchmark, and the sub-packages ftnb.evaluate,
     ftnb.export and ftnb.panels."""
     import importlib
+    if name == "__version__":
+        return _version()
     if name in _ELSEWHERE:
         module, attr = _ELSEWHERE[name]
         return getattr(importlib.import_module(module), attr)
@@ -37,6 +38,18 @@ def __getattr__(name):
     raise AttributeError(f"module 'ftnb' has no attribute {name!r}")
 
 
+def _version():
+    """The installed version; one number with the lab extension's, set in labextension/package.json (pyproject.toml's
+    [tool.hatch.version] reads it from there)."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("ftnb")
+    except PackageNotFoundError:  # a checkout on sys.path, never installed
+        import json
+        from pathlib import Path
+        return json.loads((Path(__file__).resolve().parent.parent / "labextension" / "package.json").read_text())["version"]
+
+
 def __dir__():
     from .core import WHERE
-    return sorted({*globals(), *WHERE, *_ELSEWHERE, *_PACKAGES})
+    return sorted({*globals(), "__version__", *WHERE, *_ELSEWHERE, *_PACKAGES})
