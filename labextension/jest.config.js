@@ -1,4 +1,5 @@
-/** Unit tests of the pure functions (src/logic.ts); the UI is tested in a real browser (tests/browser/). */
+/** Unit tests of the pure functions (src/logic.ts) and the runs poller's schedule (src/model.ts); the UI is
+ * tested in a real browser (tests/browser/). */
 module.exports = {
   testEnvironment: 'node',
   roots: ['<rootDir>/src'],

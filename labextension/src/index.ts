@@ -11,7 +11,7 @@ import { ICommandPalette, showErrorMessage } from '@jupyterlab/apputils';
 import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
 import { ILauncher } from '@jupyterlab/launcher';
 import { IMainMenu } from '@jupyterlab/mainmenu';
-import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
+import { INotebookTracker, NotebookActions, NotebookPanel } from '@jupyterlab/notebook';
 import { IStatusBar } from '@jupyterlab/statusbar';
 
 import { stopRun } from './api';
@@ -136,7 +136,10 @@ const plugin: JupyterFrontEndPlugin<void> = {
       all.forEach(command => palette.addItem({ command, category: CATEGORY }));
     }
 
-    model.start();
+    // a cell that ran may have started a run (ftnb.train, monitor.start()): look often for the next 30 s
+    NotebookActions.executionScheduled.connect(() => model.burst());
+
+    void model.start();
   }
 };
 

@@ -33,16 +33,30 @@ export interface IRunList {
   runs: IRunSummary[];
 }
 
+/** Every second for BURST_MS after a run starts or Refresh is pressed (a new run shows up at once). */
+export const BURST_REFRESH_MS = 1000;
+export const BURST_MS = 30000;
+/** Every 2 s while a run is running, every 10 s otherwise. */
 export const FAST_REFRESH_MS = 2000;
 export const SLOW_REFRESH_MS = 10000;
+/** Failed polls back off (lumino's Poll: up to 3x the last wait each time) to at most this. */
 export const MAX_BACKOFF_MS = 60000;
 
-/** How long to wait before the next poll: fast while something trains, slow otherwise, backing off on errors. */
-export function refreshInterval(runs: IRunSummary[] | null, failures = 0): number {
-  if (failures > 0) {
-    return Math.min(MAX_BACKOFF_MS, SLOW_REFRESH_MS * 2 ** (failures - 1));
+/** How long to wait before the next poll: fast in a burst (until `burstUntil`), then 2 s while something trains, else 10 s. */
+export function refreshInterval(runs: IRunSummary[] | null, now = 0, burstUntil = 0): number {
+  if (now < burstUntil) {
+    return BURST_REFRESH_MS;
   }
   return runs && runs.some(r => r.state === 'running') ? FAST_REFRESH_MS : SLOW_REFRESH_MS;
+}
+
+/** Runs running in `after` that were not running in `before` (a run just started); none on the first listing. */
+export function newlyRunning(before: IRunSummary[] | null, after: IRunSummary[]): IRunSummary[] {
+  if (before === null) {
+    return [];
+  }
+  const running = new Set(before.filter(r => r.state === 'running').map(r => r.path));
+  return after.filter(r => r.state === 'running' && !running.has(r.path));
 }
 
 /** The most recently updated running run, or null when nothing runs. */
@@ -110,8 +124,11 @@ export function formatDuration(seconds: Measure): string {
   return `${Math.floor(s / 3600)}h ${pad(Math.floor((s % 3600) / 60))}m`;
 }
 
-/** One line under a run's name: progress, losses, retention, elapsed time (parts that are unknown are left out). */
-export function formatDetails(run: IRunSummary): string {
+/**
+ * The figures under a run's name: progress, losses, retention, elapsed time (parts that are unknown are left out).
+ * The sidebar keeps each one on one line ("val 1.23" never wraps between the word and its number).
+ */
+export function detailParts(run: IRunSummary): string[] {
   const parts = [formatProgress(run.step, run.total_steps)];
   if (run.loss !== null && run.loss !== undefined) {
     parts.push(`loss ${formatLoss(run.loss)}`);
@@ -125,7 +142,14 @@ export function formatDetails(run: IRunSummary): string {
   if (run.elapsed_s !== null && run.elapsed_s !== undefined) {
     parts.push(formatDuration(run.elapsed_s));
   }
-  return parts.join(' · ');
+  return parts;
+}
+
+export const DETAILS_SEPARATOR = ' · ';
+
+/** One line under a run's name: its detailParts joined. */
+export function formatDetails(run: IRunSummary): string {
+  return detailParts(run).join(DETAILS_SEPARATOR);
 }
 
 /** The status bar text for the active run. */

@@ -1,20 +1,34 @@
 /**
- * One poller of `GET /ftnb/runs` shared by the sidebar and the status bar: every 2 s while a run is running,
- * every 10 s otherwise, backing off when the server does not answer, and not at all while the page is hidden.
+ * One poller of `GET /ftnb/runs` shared by the sidebar and the status bar, a lumino `Poll`: every second for 30 s
+ * after a run starts or Refresh is pressed, every 2 s while a run is running, every 10 s otherwise; it backs off
+ * when the server does not answer and stands by while the page is hidden.
  */
+import { Poll } from '@lumino/polling';
 import { ISignal, Signal } from '@lumino/signaling';
 
 import { listRuns } from './api';
-import { IRunList, chooseActiveRun, IRunSummary, refreshInterval } from './logic';
+import { BURST_MS, chooseActiveRun, IRunList, IRunSummary, MAX_BACKOFF_MS, newlyRunning, refreshInterval } from './logic';
 
 export class RunsModel {
   private _list: IRunList | null = null;
   private _error: string | null = null;
-  private _failures = 0;
-  private _timer: ReturnType<typeof setTimeout> | null = null;
-  private _inFlight: Promise<void> | null = null;
-  private _disposed = false;
+  private _burstUntil = 0;
   private _changed = new Signal<this, void>(this);
+  private _poll: Poll;
+
+  /** `fetchRuns` and `now` are for the tests. */
+  constructor(
+    private _fetchRuns: () => Promise<IRunList> = listRuns,
+    private _now: () => number = Date.now
+  ) {
+    this._poll = new Poll({
+      auto: false,
+      factory: () => this._fetch(),
+      frequency: { interval: refreshInterval(null), backoff: true, max: MAX_BACKOFF_MS },
+      name: 'ftnb:runs',
+      standby: 'when-hidden'
+    });
+  }
 
   get changed(): ISignal<this, void> {
     return this._changed;
@@ -37,59 +51,61 @@ export class RunsModel {
     return chooseActiveRun(this.runs);
   }
 
-  start(): void {
-    void this.refresh();
+  /** The wait before the next poll after a good answer (ms). */
+  get interval(): number {
+    return this._poll.frequency.interval;
   }
 
-  /** Poll now (coalesced with a poll in flight) and reschedule. */
+  get isDisposed(): boolean {
+    return this._poll.isDisposed;
+  }
+
+  start(): Promise<void> {
+    return this._poll.start();
+  }
+
+  /** Poll now, then fast for a while (Refresh pressed, or a cell may have started a run). */
   refresh(): Promise<void> {
-    if (this._inFlight) {
-      return this._inFlight;
-    }
-    this._inFlight = this._poll().finally(() => {
-      this._inFlight = null;
-      this._schedule();
-    });
-    return this._inFlight;
+    this.burst();
+    return this._poll.refresh();
+  }
+
+  /** Poll fast for the next BURST_MS without polling now. */
+  burst(): void {
+    this._burstUntil = this._now() + BURST_MS;
+    this._setInterval();
   }
 
   dispose(): void {
-    this._disposed = true;
-    if (this._timer !== null) {
-      clearTimeout(this._timer);
-    }
+    this._poll.dispose();
     Signal.clearData(this);
   }
 
-  private async _poll(): Promise<void> {
+  private async _fetch(): Promise<void> {
+    let list: IRunList;
     try {
-      this._list = await listRuns();
-      this._error = null;
-      this._failures = 0;
+      list = await this._fetchRuns();
     } catch (e) {
       this._error = e instanceof Error ? e.message : String(e);
-      this._failures++;
-    }
-    if (!this._disposed) {
       this._changed.emit();
+      throw e; // the Poll backs off
     }
+    if (newlyRunning(this._list?.runs ?? null, list.runs).length) {
+      this._burstUntil = this._now() + BURST_MS;
+    }
+    this._list = list;
+    this._error = null;
+    this._setInterval(); // before resolving: the Poll schedules the next tick with it
+    this._changed.emit();
   }
 
-  private _schedule(): void {
-    if (this._disposed) {
-      return;
+  private _setInterval(): void {
+    if (!this._poll.isDisposed) {
+      this._poll.frequency = {
+        interval: refreshInterval(this._list?.runs ?? null, this._now(), this._burstUntil),
+        backoff: true,
+        max: MAX_BACKOFF_MS
+      };
     }
-    if (this._timer !== null) {
-      clearTimeout(this._timer);
-    }
-    const wait = refreshInterval(this._list?.runs ?? null, this._failures);
-    this._timer = setTimeout(() => {
-      this._timer = null;
-      if (document.hidden) {
-        this._schedule();
-      } else {
-        void this.refresh();
-      }
-    }, wait);
   }
 }

@@ -6,7 +6,7 @@
 import { Widget } from '@lumino/widgets';
 
 import { runsIcon } from './icons';
-import { formatDetails, IRunSummary, percent, stateClass } from './logic';
+import { detailParts, DETAILS_SEPARATOR, IRunSummary, percent, stateClass } from './logic';
 import { RunsModel } from './model';
 
 export interface ISidebarActions {
@@ -80,8 +80,11 @@ export class RunsSidebar extends Widget {
     if (this._model.error) {
       this._message.textContent = `Cannot list runs: ${this._model.error}`;
     } else if (list && runs.length === 0) {
-      this._message.textContent =
-        'No runs yet. Runs appear here when a notebook or `ftnb train` writes a run folder (up to three levels below).';
+      this._message.replaceChildren(
+        'No runs yet. Runs appear here when a notebook or ',
+        el('code', '', 'ftnb train'),
+        ' writes a run folder (up to three levels below).'
+      );
     } else {
       this._message.textContent = list ? '' : 'Loading…';
     }
@@ -145,7 +148,14 @@ export class RunsSidebar extends Widget {
     row.node.title = run.path;
     row.name.textContent = run.name;
     row.state.textContent = this._stopping.has(run.path) ? 'stopping' : run.state ?? 'unknown';
-    row.details.textContent = formatDetails(run);
+    // each figure in a span that does not wrap (CSS); the text is the same as formatDetails(run)
+    const parts = detailParts(run);
+    if (row.details.children.length !== parts.length) {
+      row.details.replaceChildren(
+        ...parts.flatMap((_, i) => (i ? [DETAILS_SEPARATOR, el('span', 'ftnb-run-figure')] : [el('span', 'ftnb-run-figure')]))
+      );
+    }
+    (Array.from(row.details.children) as HTMLElement[]).forEach((span, i) => (span.textContent = parts[i]));
     row.bar.style.width = `${percent(run.step, run.total_steps) ?? 0}%`;
     const trouble = run.error ?? (run.warning ? `warning: ${run.warning}` : '');
     row.error.textContent = trouble;

@@ -1,4 +1,6 @@
 import {
+  BURST_MS,
+  BURST_REFRESH_MS,
   chooseActiveRun,
   dirname,
   FAST_REFRESH_MS,
@@ -9,7 +11,7 @@ import {
   formatRetention,
   IRunSummary,
   joinPath,
-  MAX_BACKOFF_MS,
+  newlyRunning,
   openRunCellSource,
   PANEL_CELLS,
   panelCellSource,
@@ -50,10 +52,23 @@ describe('refreshInterval', () => {
     expect(refreshInterval(null)).toBe(SLOW_REFRESH_MS);
   });
 
-  it('backs off on failures, up to a limit', () => {
-    expect(refreshInterval([run({ state: 'running' })], 1)).toBe(SLOW_REFRESH_MS);
-    expect(refreshInterval(null, 2)).toBe(2 * SLOW_REFRESH_MS);
-    expect(refreshInterval(null, 20)).toBe(MAX_BACKOFF_MS);
+  it('polls every second until the burst ends, whatever runs', () => {
+    const now = 1_000_000;
+    expect(refreshInterval([], now, now + BURST_MS)).toBe(BURST_REFRESH_MS);
+    expect(refreshInterval([run({ state: 'running' })], now, now + 1)).toBe(BURST_REFRESH_MS);
+    expect(refreshInterval([run({ state: 'running' })], now + BURST_MS, now + BURST_MS)).toBe(FAST_REFRESH_MS);
+    expect(refreshInterval([], now + BURST_MS, now + BURST_MS)).toBe(SLOW_REFRESH_MS);
+  });
+});
+
+describe('newlyRunning', () => {
+  it('finds runs that started since the last listing', () => {
+    const a = run({ path: 'a', state: 'running' });
+    const b = run({ path: 'b', state: 'finished' });
+    expect(newlyRunning([b], [a, b])).toEqual([a]); // a new run folder
+    expect(newlyRunning([{ ...a, state: 'stopped' }], [a])).toEqual([a]); // resumed
+    expect(newlyRunning([a], [a, b])).toEqual([]); // already running
+    expect(newlyRunning(null, [a])).toEqual([]); // the first listing: nothing "just" started
   });
 });
 
