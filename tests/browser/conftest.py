@@ -2,7 +2,8 @@
 Chromium page on it (Playwright driving /usr/bin/chromium; it never downloads a browser).
 
 Each test module gets its own lab: it defines a `root` fixture (the lab's notebook folder) and may override `lab_env`
-(extra environment for the server and so for its kernels) and `viewport`.
+(extra environment for the server and so for its kernels), `viewport`, and `frontend` (Notebook 7 instead of
+JupyterLab: tests/browser/test_notebook7.py).
 
 Without a browser, the built extension, playwright or jupyterlab the tests skip; with FTNB_REQUIRE_BROWSER=1 (CI)
 they fail instead.
@@ -70,8 +71,16 @@ def viewport():
 
 
 @pytest.fixture(scope="module")
-def lab(root, lab_env, tmp_path_factory):
-    """`jupyter lab` on `root` with a token, the server extension on, and this checkout's built lab extension."""
+def frontend():
+    """The server's module (`python -m ...`), its own options, the page the tests open and what shows it is ready."""
+    return {"module": "jupyterlab", "page": "/lab", "ready": ".jp-LauncherCard",
+            "args": ["--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]}
+
+
+@pytest.fixture(scope="module")
+def lab(root, lab_env, frontend, tmp_path_factory):
+    """`jupyter lab` (or `frontend`'s server) on `root` with a token, the server extension on, and this checkout's
+    built lab extension."""
     home = tmp_path_factory.mktemp("lab-home")
     ext_dir = home / "jupyter" / "labextensions" / "@ftnb"
     ext_dir.mkdir(parents=True)
@@ -84,10 +93,10 @@ def lab(root, lab_env, tmp_path_factory):
            "JUPYTER_DATA_DIR": str(home / "data"), "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
            "HF_HUB_OFFLINE": "1", **lab_env}
     env.pop("FTNB_RUNS_DIR", None)
-    cmd = [sys.executable, "-m", "jupyterlab", "--allow-root", "--no-browser", f"--port={port}",
+    cmd = [sys.executable, "-m", frontend["module"], "--allow-root", "--no-browser", f"--port={port}",
            "--ServerApp.port_retries=0", f"--ServerApp.token={TOKEN}", f"--notebook-dir={root}",
-           "--ServerApp.jpserver_extensions={'ftnb.server': True}", f"--LabApp.user_settings_dir={home / 'settings'}",
-           "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+           "--ServerApp.jpserver_extensions={'ftnb.server': True}", f"--LabServerApp.user_settings_dir={home / 'settings'}",
+           *frontend["args"]]
     with open(home / "lab.log", "w") as log:  # the server keeps its own copy of the file descriptor
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -112,7 +121,7 @@ def lab(root, lab_env, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(lab, viewport):
+def page(lab, viewport, frontend):
     """The lab's main page, loaded; `page.dialogs` and `page.errors` collect alerts and browser errors."""
     from playwright.sync_api import sync_playwright
     dialogs, errors = [], []
@@ -125,8 +134,8 @@ def page(lab, viewport):
         page.on("console", lambda m: m.type == "error" and errors.append(f"console: {m.text} {m.location}"))
         page.on("pageerror", lambda e: errors.append(f"uncaught: {e}"))
         page.dialogs, page.errors = dialogs, errors
-        page.goto(f"{lab}/lab?token={TOKEN}")
-        page.locator(".jp-LauncherCard").first.wait_for()
+        page.goto(f"{lab}{frontend['page']}?token={TOKEN}")
+        page.locator(frontend["ready"]).first.wait_for()
         yield page
         context.close()
         browser.close()

@@ -1,0 +1,102 @@
+"""The quickstart in Notebook 7 (`jupyter notebook`), in a real browser: run top to bottom with its small budget
+switched on (the tiny model), the panels draw as widgets and training finishes; and what of the lab extension
+Notebook 7 shows: the File menu's "New fine-tuning notebook" and the runs sidebar (View > Left Sidebar), no status bar
+and no launcher. docs/extension.md says the same. About a minute on 2 cores.
+"""
+import os
+import re
+
+import nbformat
+import pytest
+from labtools import REPO, state_of, wait_for
+
+pytestmark = pytest.mark.browser  # skipped, or failed under FTNB_REQUIRE_BROWSER=1, without them: see conftest.py
+
+
+@pytest.fixture(scope="module", autouse=True)
+def notebook7():
+    try:
+        import notebook
+    except ImportError:
+        notebook = None
+    if notebook is None or int(notebook.__version__.split(".")[0]) < 7:
+        if os.environ.get("FTNB_REQUIRE_BROWSER") == "1":
+            pytest.fail("Notebook 7 is not installed (pip install 'notebook>=7')", pytrace=False)
+        pytest.skip("Notebook 7 is not installed (pip install 'notebook>=7')")
+
+
+@pytest.fixture(scope="module")
+def frontend():
+    return {"module": "notebook", "page": "/tree", "ready": ".jp-DirListing-item", "args": []}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """The quickstart with its budget switch turned on, as a user would: `SMALL = True`."""
+    root = tmp_path_factory.mktemp("notebook7") / "work"
+    root.mkdir()
+    nb = nbformat.read(REPO / "notebooks" / "01_quickstart.ipynb", as_version=4)
+    setup = next(c for c in nb.cells if c.cell_type == "code")
+    assert setup.source.startswith("SMALL = False")
+    setup.source = "SMALL = True" + setup.source[len("SMALL = False"):]
+    nbformat.write(nb, str(root / "quickstart.ipynb"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def lab_env():
+    return {"FTNB_DEFAULT_MODEL": "tiny", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def menu(page, top, item):
+    page.locator(".lm-MenuBar-itemLabel", has_text=top).first.click()
+    page.locator(".lm-Menu-itemLabel:visible").filter(has_text=re.compile(rf"^{re.escape(item)}$")).click()
+
+
+def ftnb_errors(page):
+    """Browser errors that come from ftnb's code (Notebook 7 logs some of its own)."""
+    return [e for e in page.errors if "ftnb" in e and "/api/contents/finetune.ipynb?content=0" not in e]
+
+
+def test_the_quickstart_runs_in_notebook7(page, lab, root):
+    page.goto(f"{lab}/notebooks/quickstart.ipynb")  # logged in by the tree page's token
+    cells = page.locator(".jp-NotebookPanel .jp-Cell")
+    cells.nth(17).wait_for()
+    page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=60000)
+    menu(page, "Run", "Run All Cells")
+
+    def finished():
+        return next((p for p in root.glob("runs/*") if state_of(p).get("state") in ("finished", "failed")), None)
+    run = wait_for(finished, 150, "the quickstart's run to end")
+    assert state_of(run)["state"] == "finished"
+    builder, form, monitor = (cells.nth(i).locator(".jp-OutputArea") for i in (5, 7, 9))
+    assert builder.locator(".widget-vbox").count() and form.locator(".widget-vbox").count()  # widgets, not text
+    monitor.locator(".js-plotly-plot").first.wait_for()  # the live charts
+    monitor.get_by_text(re.compile(r"finished")).first.wait_for()
+    # the last cells ran after training: the forgetting panel drew and the summary printed
+    cells.nth(16).locator(".jp-OutputArea .widget-vbox").first.wait_for(timeout=60000)
+    cells.nth(17).locator(".jp-OutputArea", has_text="retention").wait_for(timeout=60000)
+    assert "Traceback (most recent call last)" not in page.locator(".jp-NotebookPanel").inner_text()
+    assert ftnb_errors(page) == []
+
+
+def test_what_of_the_lab_extension_notebook7_shows(page, root):
+    # the runs sidebar: in Notebook 7's left area, opened from View > Left Sidebar
+    sidebar = page.locator("#ftnb-runs-sidebar")
+    assert not sidebar.is_visible()
+    page.locator(".lm-MenuBar-itemLabel", has_text="View").first.click()
+    page.locator(".lm-Menu-itemLabel:visible", has_text="Left Sidebar").first.hover()
+    page.locator(".lm-Menu-itemLabel:visible", has_text="Show Fine-tuning runs").click()
+    sidebar.wait_for()
+    run = next(root.glob("runs/*"))
+    sidebar.locator(f'.ftnb-run[data-path="runs/{run.name}"] .ftnb-run-state', has_text="finished").wait_for()
+    # no status bar in Notebook 7, so no active-run item; no launcher either (the tree's New menu lists kernels)
+    assert page.locator("#jp-main-statusbar").count() == 0 and page.locator(".jp-LauncherCard").count() == 0
+    # "New fine-tuning notebook" is in the File menu, and opens the quickstart in a new browser tab
+    with page.context.expect_page() as opened:
+        menu(page, "File", "New fine-tuning notebook")
+    new = opened.value
+    new.locator(".jp-NotebookPanel .jp-Cell").nth(17).wait_for()
+    assert new.url.endswith("/notebooks/finetune.ipynb") and (root / "finetune.ipynb").exists()
+    new.close()
+    assert ftnb_errors(page) == []
