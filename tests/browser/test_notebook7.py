@@ -1,7 +1,7 @@
 """The quickstart in Notebook 7 (`jupyter notebook`), in a real browser: run top to bottom with its small budget
 switched on (the tiny model), the panels draw as widgets and training finishes; and what of the lab extension
-Notebook 7 shows: the File menu's "New fine-tuning notebook" and the runs sidebar (View > Left Sidebar), no status bar
-and no launcher. docs/extension.md says the same. About a minute on 2 cores.
+Notebook 7 shows: the File menu's "New fine-tuning notebook", the runs sidebar (View > Left Sidebar) and the
+palette's insert-cell commands; no status bar and no launcher. docs/extension.md says the same. About a minute on 2 cores.
 """
 import os
 import re
@@ -92,6 +92,11 @@ def test_what_of_the_lab_extension_notebook7_shows(page, root):
     sidebar.locator(f'.ftnb-run[data-path="runs/{run.name}"] .ftnb-run-state', has_text="finished").wait_for()
     # no status bar in Notebook 7, so no active-run item; no launcher either (the tree's New menu lists kernels)
     assert page.locator("#jp-main-statusbar").count() == 0 and page.locator(".jp-LauncherCard").count() == 0
+    # the insert-cell commands are in the command palette
+    menu(page, "View", "Activate Command Palette")
+    page.keyboard.insert_text("Insert dataset builder")
+    page.locator(".lm-CommandPalette-item:visible", has_text="Insert dataset builder cell").wait_for()
+    page.keyboard.press("Escape")
     # "New fine-tuning notebook" is in the File menu, and opens the quickstart in a new browser tab
     with page.context.expect_page() as opened:
         menu(page, "File", "New fine-tuning notebook")
