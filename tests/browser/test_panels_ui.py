@@ -204,22 +204,29 @@ def test_template_notebook_runs_and_sidebar_stops_it(page, root):
     page.locator(".jp-LauncherCard:visible", has_text="New fine-tuning notebook").click()
     page.locator(".lm-TabBar-tab.lm-mod-current", has_text="finetune.ipynb").wait_for()
     fold_left_sidebar(page)
-    cells(page).nth(6).wait_for()
-    # a long run on the tiny model (the lab's environment sets FTNB_DEFAULT_MODEL=tiny): below the form cell
-    cells(page).nth(3).locator(".jp-InputArea-editor").click()
+    cells(page).nth(17).wait_for()  # the quickstart, notebooks/01_quickstart.ipynb
+    # its budget switch on, as a user would: the first line of the setup cell
+    cells(page).nth(1).locator(".jp-InputArea-editor").click()
+    page.keyboard.press("Control+Home")
+    page.keyboard.press("Shift+End")
+    page.keyboard.insert_text("SMALL = True")
+    page.keyboard.press("Escape")
+    assert cells(page).nth(1).locator(".jp-InputArea-editor").inner_text().startswith("SMALL = True\n")
+    # a long run on the tiny model: below the form cell
+    cells(page).nth(7).locator(".jp-InputArea-editor").click()
     page.keyboard.press("Escape")
     page.keyboard.press("b")
     page.keyboard.press("Enter")
     page.keyboard.insert_text('form.fields["epochs"].value = 2000.0\nform.fields["probe"].value = False')
     page.keyboard.press("Escape")
-    assert 'form.fields["epochs"].value = 2000.0' in cells(page).nth(4).inner_text()
-    assert "TrainingMonitor(form=form" in cells(page).nth(5).inner_text()
-    cells(page).nth(6).locator(".jp-InputArea-editor").click()  # the forgetting panel: run what is above it
+    assert 'form.fields["epochs"].value = 2000.0' in cells(page).nth(8).inner_text()
+    assert "TrainingMonitor(form=form" in cells(page).nth(10).inner_text()
+    cells(page).nth(11).locator(".jp-InputArea-editor").click()  # monitor.start(): run what is above it
     wait_for_kernel(page)
     menu(page, "Run", "Run All Above Selected Cell")
-    monitor = output_of(page, 5)
+    monitor = output_of(page, 10)
     button(monitor, "Start").wait_for(timeout=90000)
-    assert output_of(page, 3).locator(".widget-vbox").count()  # the form drew as widgets, not as text
+    assert output_of(page, 7).locator(".widget-vbox").count()  # the form drew as widgets, not as text
     button(monitor, "Start").click()
 
     def training():
