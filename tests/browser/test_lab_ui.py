@@ -11,7 +11,7 @@ via JUPYTER_PATH), so run `npm run build:prod` in labextension/ (or `pip install
 import json
 
 import pytest
-from labtools import SHOTS, state_of, wait_for
+from labtools import REPO, SHOTS, state_of, wait_for
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 XSS_NAME = "<img src=x onerror=alert(1)>"
@@ -70,17 +70,17 @@ def test_launcher_card_creates_the_quickstart_notebook(page, root):
     shot(page, "launcher")
     card.click()
     cells = page.locator(".jp-NotebookPanel:visible .jp-Cell")
-    expect(cells.first).to_contain_text("Fine-tune a chat model")  # the markdown intro, rendered
-    expect(cells.nth(6)).to_contain_text("monitor.run.compare([")
+    expect(cells.first).to_contain_text("The smart intern's first week")  # the markdown intro, rendered
+    expect(cells.nth(17)).to_contain_text("format_summary(probe.summary)")
     texts = cell_texts(page)
-    assert len(texts) == 7
+    assert len(texts) == 18
     joined = "\n".join(texts)
-    for needle in ("DatasetBuilder.from_source", "ConfigForm(preset=", "TrainingMonitor(form=form, builder=builder)",
-                   "ForgettingPanel(monitor)", "monitor.run.compare(["):
+    for needle in ("SMALL = False", "DatasetBuilder.from_source", "ConfigForm(preset=",
+                   "TrainingMonitor(form=form, builder=builder)", "ForgettingPanel(monitor)", "monitor.run.compare("):
         assert needle in joined, needle
     assert page.locator(".lm-TabBar-tab.lm-mod-current", has_text="finetune.ipynb").count() == 1
     nb = json.loads((root / "finetune.ipynb").read_text())
-    assert len(nb["cells"]) == 7
+    assert nb["cells"] == json.loads((REPO / "notebooks" / "01_quickstart.ipynb").read_text())["cells"]
     shot(page, "notebook")
 
 
@@ -119,7 +119,7 @@ def test_palette_inserts_a_panel_cell_below_the_active_cell(page):
     page.locator(".jp-NotebookPanel:visible .jp-Cell").first.click()
     run_from_palette(page, "Insert config form cell",
                      active_cell(page).get_by_text('form = ConfigForm(preset="quick-cpu-demo")'))
-    page.locator("#jp-main-statusbar").get_by_text("Cell 2/8").wait_for()  # below the first of 7 cells
+    page.locator("#jp-main-statusbar").get_by_text("Cell 2/19").wait_for()  # below the first of 18 cells
 
 
 def test_sidebar_lists_runs_as_text(page, root):
@@ -128,6 +128,9 @@ def test_sidebar_lists_runs_as_text(page, root):
     row.wait_for()
     assert row.locator(".ftnb-run-state").inner_text() == "finished"
     assert "loss" in row.locator(".ftnb-run-details").inner_text()
+    figures = row.locator(".ftnb-run-details .ftnb-run-figure")  # "val 1.23" never wraps between word and number
+    assert figures.count() >= 2 and figures.nth(1).inner_text().startswith("loss ")
+    assert figures.nth(1).evaluate("e => getComputedStyle(e).whiteSpace") == "nowrap"
     assert not row.locator(".ftnb-stop").is_visible()
     # a folder named like HTML, and an error message with markup: shown as the characters they are
     xss = run_row(page, f"runs/{XSS_NAME}")
@@ -143,7 +146,7 @@ def test_sidebar_lists_runs_as_text(page, root):
 def test_open_inserts_the_monitor_cell_into_the_active_notebook(page):
     run_row(page, "runs/finished-demo").locator(".ftnb-open").click()
     active_cell(page).get_by_text('ftnb.panels.TrainingMonitor.open("runs/finished-demo")').wait_for()
-    page.locator("#jp-main-statusbar").get_by_text("Cell 3/9").wait_for()
+    page.locator("#jp-main-statusbar").get_by_text("Cell 3/20").wait_for()
 
 
 def test_running_run_shows_and_stops(page, root, train_forever):
