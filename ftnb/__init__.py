@@ -47,7 +47,8 @@ def _version():
     except PackageNotFoundError:  # a checkout on sys.path, never installed
         import json
         from pathlib import Path
-        return json.loads((Path(__file__).resolve().parent.parent / "labextension" / "package.json").read_text())["version"]
+        package = Path(__file__).resolve().parent.parent / "labextension" / "package.json"
+        return json.loads(package.read_text())["version"]
 
 
 def __dir__():

@@ -42,7 +42,7 @@ export const SLOW_REFRESH_MS = 10000;
 /** Failed polls back off (lumino's Poll: up to 3x the last wait each time) to at most this. */
 export const MAX_BACKOFF_MS = 60000;
 
-/** How long to wait before the next poll: fast in a burst (until `burstUntil`), then 2 s while something trains, else 10 s. */
+/** The wait before the next poll: every second in a burst (until `burstUntil`), 2 s while a run trains, else 10 s. */
 export function refreshInterval(runs: IRunSummary[] | null, now = 0, burstUntil = 0): number {
   if (now < burstUntil) {
     return BURST_REFRESH_MS;

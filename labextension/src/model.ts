@@ -7,7 +7,15 @@ import { Poll } from '@lumino/polling';
 import { ISignal, Signal } from '@lumino/signaling';
 
 import { listRuns } from './api';
-import { BURST_MS, chooseActiveRun, IRunList, IRunSummary, MAX_BACKOFF_MS, newlyRunning, refreshInterval } from './logic';
+import {
+  BURST_MS,
+  chooseActiveRun,
+  IRunList,
+  IRunSummary,
+  MAX_BACKOFF_MS,
+  newlyRunning,
+  refreshInterval
+} from './logic';
 
 export class RunsModel {
   private _list: IRunList | null = null;

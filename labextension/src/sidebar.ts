@@ -152,7 +152,10 @@ export class RunsSidebar extends Widget {
     const parts = detailParts(run);
     if (row.details.children.length !== parts.length) {
       row.details.replaceChildren(
-        ...parts.flatMap((_, i) => (i ? [DETAILS_SEPARATOR, el('span', 'ftnb-run-figure')] : [el('span', 'ftnb-run-figure')]))
+        ...parts.flatMap((_, i) => {
+          const span = el('span', 'ftnb-run-figure');
+          return i ? [DETAILS_SEPARATOR, span] : [span];
+        })
       );
     }
     (Array.from(row.details.children) as HTMLElement[]).forEach((span, i) => (span.textContent = parts[i]));

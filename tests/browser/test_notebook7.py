@@ -1,7 +1,8 @@
 """The quickstart in Notebook 7 (`jupyter notebook`), in a real browser: run top to bottom with its small budget
 switched on (the tiny model), the panels draw as widgets and training finishes; and what of the lab extension
 Notebook 7 shows: the File menu's "New fine-tuning notebook", the runs sidebar (View > Left Sidebar) and the
-palette's insert-cell commands; no status bar and no launcher. docs/extension.md says the same. About a minute on 2 cores.
+palette's insert-cell commands; no status bar and no launcher. docs/extension.md says the same. About a minute on 2
+cores.
 """
 import os
 import re
