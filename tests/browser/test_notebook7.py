@@ -63,6 +63,16 @@ def test_the_quickstart_runs_in_notebook7(page, lab, root):
     page.goto(f"{lab}/notebooks/quickstart.ipynb")  # logged in by the tree page's token
     cells = page.locator(".jp-NotebookPanel .jp-Cell")
     cells.nth(17).wait_for()
+    # the runs sidebar: in Notebook 7's left area, hidden until View > Left Sidebar opens it; no runs yet
+    sidebar = page.locator("#ftnb-runs-sidebar")
+    assert not sidebar.is_visible()
+    page.locator(".lm-MenuBar-itemLabel", has_text="View").first.click()
+    page.locator(".lm-Menu-itemLabel:visible", has_text="Left Sidebar").first.hover()
+    page.locator(".lm-Menu-itemLabel:visible", has_text="Show Fine-tuning runs").click()
+    message = sidebar.locator(".ftnb-sidebar-message")
+    message.locator("code", has_text="ftnb train").wait_for()
+    assert "No runs yet" in message.inner_text() and "`" not in message.inner_text()
+
     page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=60000)
     menu(page, "Run", "Run All Cells")
 
@@ -70,6 +80,9 @@ def test_the_quickstart_runs_in_notebook7(page, lab, root):
         return next((p for p in root.glob("runs/*") if state_of(p).get("state") in ("finished", "failed")), None)
     run = wait_for(finished, 150, "the quickstart's run to end")
     assert state_of(run)["state"] == "finished"
+    # the sidebar polls on its own (fast after cells run and a run starts): it shows the end without Refresh
+    sidebar.locator(f'.ftnb-run[data-path="runs/{run.name}"] .ftnb-run-state', has_text="finished").wait_for(
+        timeout=12000)
     builder, form, monitor = (cells.nth(i).locator(".jp-OutputArea") for i in (5, 7, 9))
     assert builder.locator(".widget-vbox").count() and form.locator(".widget-vbox").count()  # widgets, not text
     monitor.locator(".js-plotly-plot").first.wait_for()  # the live charts
@@ -82,15 +95,10 @@ def test_the_quickstart_runs_in_notebook7(page, lab, root):
 
 
 def test_what_of_the_lab_extension_notebook7_shows(page, root):
-    # the runs sidebar: in Notebook 7's left area, opened from View > Left Sidebar
-    sidebar = page.locator("#ftnb-runs-sidebar")
-    assert not sidebar.is_visible()
-    page.locator(".lm-MenuBar-itemLabel", has_text="View").first.click()
-    page.locator(".lm-Menu-itemLabel:visible", has_text="Left Sidebar").first.hover()
-    page.locator(".lm-Menu-itemLabel:visible", has_text="Show Fine-tuning runs").click()
-    sidebar.wait_for()
+    # the runs sidebar (opened by the test above) lists the run
     run = next(root.glob("runs/*"))
-    sidebar.locator(f'.ftnb-run[data-path="runs/{run.name}"] .ftnb-run-state', has_text="finished").wait_for()
+    row = page.locator(f'#ftnb-runs-sidebar .ftnb-run[data-path="runs/{run.name}"]')
+    row.locator(".ftnb-run-state", has_text="finished").wait_for()
     # no status bar in Notebook 7, so no active-run item; no launcher either (the tree's New menu lists kernels)
     assert page.locator("#jp-main-statusbar").count() == 0 and page.locator(".jp-LauncherCard").count() == 0
     # the insert-cell commands are in the command palette
