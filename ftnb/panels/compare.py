@@ -45,7 +45,7 @@ class RunComparison(Panel):
         self.picker = w.SelectMultiple(options=[], rows=6, description="runs", layout=full_width(max_width="720px"))
         self.picker.observe(lambda ch: self.select(list(ch["new"])), names="value")
         self.static, self.curves, self.scatter = static, None, None  # charts are built when runs are first picked
-        self.curves_box, self.scatter_box = w.Box(), w.Box()
+        self.curves_box, self.scatter_box = w.VBox(), w.VBox()  # columns: a chart takes their width
         self.diff = w.HTML()
         self.msg = w.HTML()
         self.root = w.VBox([w.HBox([self.folder, self.refresh_button]), self.picker, self.msg, self.curves_box,

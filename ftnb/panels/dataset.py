@@ -219,7 +219,7 @@ class DatasetBuilder(Panel):
         self.show_template = w.Button(description="Show template and tokens", icon="eye", layout=w.Layout(width="auto"))
         self.show_template.on_click(lambda _: self._guard(self._draw_tokens))
         self.hist = None  # built on first use: each plotly FigureWidget ships its own copy of plotly.js
-        self.hist_box = w.Box()
+        self.hist_box = w.VBox(layout=full_width())  # a column: the chart takes its width
         self.val_fraction = w.FloatSlider(value=0.1, min=0, max=0.5, step=0.05, description="validation")
         self.seed = w.IntText(value=42, description="seed")
         self.split_html = w.HTML()

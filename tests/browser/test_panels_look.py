@@ -185,8 +185,7 @@ def test_buttons_are_enabled_only_when_they_do_something(notebook):
     widget_tab(studio, "Settings").click()
     assert studio.locator("select:visible").first.input_value() == "quick-cpu-demo"  # the preset applied
     widget_tab(studio, "Data").click()
-    mapping = studio.locator(".widget-dropdown:visible", has_text="messages").locator("select")
-    assert mapping.input_value() == "messages"  # the column the format was detected from
+    assert studio.get_by_label("messages", exact=True).input_value() == "messages"  # the column the format was detected from
     monitor = output_of(page, MONITOR)  # opened on a finished run: nothing to start, stop or resume
     assert button(monitor, "Start").count() == 0
     assert button(monitor, "Stop").is_disabled() and button(monitor, "Resume").is_disabled()
