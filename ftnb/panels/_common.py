@@ -145,7 +145,7 @@ class LiveChart:
             self._draw()
         else:
             self.fig = go.FigureWidget(fig)
-            self.fig._config = {**self.fig._config, "responsive": True}  # follows the window's width
+            self.fig._config = {**self.fig._config, "responsive": True, "displaylogo": False}  # follows the window's width
             self.widget = self.fig  # its width follows its container: autosize, and panels.css
         self.widget.add_class("ftnb-chart")
 

@@ -210,10 +210,9 @@ def test_light_then_dark_at_1000_and_1600_px(notebook):
             m = measure(page, i)
             what = f"{name}, {theme}, {width} px"
             assert_fits(m, what)
-            if i != STUDIO:
-                assert_theme(m, dark, what)
-                widths[(i, width, theme)] = m["charts"][0]["w"]
-                assert m["charts"][0]["w"] >= 0.9 * m["panel"]["w"], f"{what}: the chart does not fill the panel"
+            assert_theme(m, dark, what)
+            widths[(i, width, theme)] = m["charts"][0]["w"]
+            assert m["charts"][0]["w"] >= 0.9 * m["panel"]["w"], f"{what}: the chart does not fill the panel"
         if (width, theme) == (1600, "JupyterLab Light"):
             shoot(page, MONITOR, "light")
         if (width, theme) == (1600, "JupyterLab Dark"):
