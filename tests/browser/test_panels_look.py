@@ -47,6 +47,15 @@ MEASURE = """panel => {
     chartBehind: chart ? behind(chart) : null,
     tickFill: tick ? getComputedStyle(tick).fill : null,
     status: all('.ftnb-status, .ftnb-help').map(e => [getComputedStyle(e).color, behind(e)]),
+    crowded: all('.js-plotly-plot').flatMap(gd => {  // titles, axis titles, tick labels and legends that overlap
+      const parts = [...gd.querySelectorAll('.g-gtitle text, .annotation-text, .g-xtitle text, .g-ytitle text, '
+                                            + '.xtick text, .ytick text, .legend .bg')]
+        .map(e => [e.textContent || 'legend', e.getBoundingClientRect()]).filter(([, b]) => b.width > 0);
+      const hit = (a, b) => a.left < b.right - 1 && b.left < a.right - 1 && a.top < b.bottom - 1 && b.top < a.bottom - 1;
+      const ticks = t => /^[-\d.,\u2212μmk ]+$/.test(t);
+      return parts.flatMap(([t, a], i) => parts.slice(i + 1).filter(([u, b]) => !(ticks(t) && ticks(u)) && hit(a, b))
+                                                     .map(([u]) => `${t} / ${u}`));
+    }),
   };
 }"""
 
@@ -143,6 +152,7 @@ def assert_fits(m, what):
     for kind in ("charts", "legends", "inputs"):
         for b in m[kind]:
             assert p["x"] - 1 <= b["x"] and b["r"] <= p["r"] + 1, f"{what}: a {kind[:-1]} {b} leaves the panel {p}"
+    assert m["crowded"] == [], f"{what}: labels overlap: {m['crowded']}"
     for s in m["sliders"]:
         assert s["w"] >= 100, f"{what}: a slider collapsed to {s['w']:.0f} px"
 

@@ -128,3 +128,13 @@ def test_the_column_mapping_shows_the_detected_columns():
                                                                   "system": ""}
     b._select(1)
     assert 'class="ftnb-selected"' in b.table.value and "#e3f2fd" not in b.table.value
+
+
+def test_the_static_fallback_reads_on_a_light_page(qa_data):
+    """Where panels.css is not loaded (Colab, VS Code) the figure's own colours show: dark text, grey grid."""
+    m = TrainingMonitor(data=qa_data, static=True)
+    fig = m.chart.fig
+    assert fig.layout.paper_bgcolor == "rgba(0,0,0,0)" and m.chart.widget.layout.width == "100%"
+    text = fig.layout.font.color or fig.layout.template.layout.font.color
+    assert text == "#2a3f5f"  # plotly's default text: dark on the light page behind it
+    assert "plotly" in str(m.chart.widget.outputs[0]["data"]["text/html"])
