@@ -162,7 +162,7 @@ class ForgettingPanel(Panel):
                                   f"<th>now</th><th>right</th></tr>{rows}</table>")
 
     def _build(self, static):
-        fig = make_subplots(rows=1, cols=3, subplot_titles=("change in accuracy, points (paired 95% CI)",
+        fig = make_subplots(rows=1, cols=3, subplot_titles=("change in accuracy, points<br>(paired 95% CI)",
                                                            "KL(base || current)", "general-text perplexity"),
                             horizontal_spacing=0.08)
         fig.add_scatter(x=[], y=[], mode="lines", line=dict(width=0), showlegend=False, row=1, col=1)
@@ -175,7 +175,8 @@ class ForgettingPanel(Panel):
         fig.update_xaxes(title_text="step")
         self.chart = LiveChart(styled(fig, height=320, legend_below=True), static=static)
         cats = go.Figure(go.Bar(x=[], y=[], name="change by category", textposition="outside", cliponaxis=False))
-        cats.update_layout(title="change in accuracy by category, points (paired 95% CI), last probe")
+        cats.update_layout(title="change in accuracy by category, points (paired 95% CI), last probe",
+                           title_font_size=13)
         self.categories_chart = LiveChart(styled(cats, height=260), static=static)
         self.headline, self.flips, self.answers = w.HTML(), w.HTML(), w.HTML()
         self.mc_question = w.Text(description="question", layout=full_width())

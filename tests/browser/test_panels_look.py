@@ -52,7 +52,7 @@ MEASURE = """panel => {
                                             + '.xtick text, .ytick text, .legend .bg')]
         .map(e => [e.textContent || 'legend', e.getBoundingClientRect()]).filter(([, b]) => b.width > 0);
       const hit = (a, b) => a.left < b.right - 1 && b.left < a.right - 1 && a.top < b.bottom - 1 && b.top < a.bottom - 1;
-      const ticks = t => /^[-\d.,\u2212μmk ]+$/.test(t);
+      const ticks = t => /^[-\\d.,\\u2212μmk ]+$/.test(t);
       return parts.flatMap(([t, a], i) => parts.slice(i + 1).filter(([u, b]) => !(ticks(t) && ticks(u)) && hit(a, b))
                                                      .map(([u]) => `${t} / ${u}`));
     }),
