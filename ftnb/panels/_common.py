@@ -39,6 +39,11 @@ def color(i):
     return COLORS[i % len(COLORS)]
 
 
+def fill_column(**kw):
+    """An input that stretches across its column (inside its margins: width 100% would overflow by them)."""
+    return w.Layout(width="auto", align_self="stretch", min_width="0", **kw)
+
+
 def full_width(**kw):
     """A widget that takes its row's width and shrinks with it rather than overflowing."""
     return w.Layout(width="100%", min_width="0", **kw)

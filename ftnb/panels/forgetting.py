@@ -15,7 +15,7 @@ from ..core.paired import points
 from ..core.probe import ProbeSuite
 from ..core.rundir import RunDir
 from ..core.saved import best_step
-from ._common import TEXT, LiveChart, Panel, esc, full_width, message, styled
+from ._common import TEXT, LiveChart, Panel, esc, fill_column, full_width, message, styled
 from .form import label
 
 MITIGATIONS = [  # (field, widget kind, one line)
@@ -179,17 +179,17 @@ class ForgettingPanel(Panel):
                            title_font_size=13)
         self.categories_chart = LiveChart(styled(cats, height=260), static=static)
         self.headline, self.flips, self.answers = w.HTML(), w.HTML(), w.HTML()
-        self.mc_question = w.Text(description="question", layout=full_width())
-        self.mc_choices = w.Textarea(description="choices", placeholder="one per line", layout=full_width())
+        self.mc_question = w.Text(description="question", layout=fill_column())
+        self.mc_choices = w.Textarea(description="choices", placeholder="one per line", layout=fill_column())
         self.mc_answer = w.BoundedIntText(value=1, min=1, max=10, description="right one #",
                                           layout=w.Layout(width="220px", max_width="100%"))
         self.add_mc_button = w.Button(description="Add multiple choice", icon="plus", layout=w.Layout(width="auto"))
         self.add_mc_button.on_click(lambda _: self._guard(self.add_mc_item, self.mc_question.value,
                                                           [c for c in self.mc_choices.value.splitlines() if c.strip()],
                                                           self.mc_answer.value - 1))
-        self.q_text = w.Text(description="question", layout=full_width())
+        self.q_text = w.Text(description="question", layout=fill_column())
         self.q_expect = w.Text(description="expect", placeholder="words a right answer contains, comma-separated",
-                               layout=full_width())
+                               layout=fill_column())
         self.add_q_button = w.Button(description="Add question", icon="plus", layout=w.Layout(width="auto"))
         self.add_q_button.on_click(lambda _: self._guard(self.add_question, self.q_text.value,
                                                          self.q_expect.value.split(",")))

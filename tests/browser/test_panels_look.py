@@ -43,6 +43,10 @@ MEASURE = """panel => {
     legends: all('.js-plotly-plot .legend').map(box),
     inputs: all('input, textarea, select, .widget-slider .slider-container').map(box),
     sliders: all('.widget-hslider .slider-container').map(box),
+    outside: all('input, textarea, select').filter(e => {  // inputs wider than the box they are in
+      const inner = e.getBoundingClientRect(), outer = e.parentElement.closest('.widget-box').getBoundingClientRect();
+      return inner.left < outer.left - 1 || inner.right > outer.right + 1;
+    }).map(e => e.outerHTML.slice(0, 80)),
     svgBackground: chart ? getComputedStyle(chart.querySelector('.main-svg')).backgroundColor : null,
     chartBehind: chart ? behind(chart) : null,
     tickFill: tick ? getComputedStyle(tick).fill : null,
@@ -152,6 +156,7 @@ def assert_fits(m, what):
     for kind in ("charts", "legends", "inputs"):
         for b in m[kind]:
             assert p["x"] - 1 <= b["x"] and b["r"] <= p["r"] + 1, f"{what}: a {kind[:-1]} {b} leaves the panel {p}"
+    assert m["outside"] == [], f"{what}: inputs overflow their box: {m['outside']}"
     assert m["crowded"] == [], f"{what}: labels overlap: {m['crowded']}"
     for s in m["sliders"]:
         assert s["w"] >= 100, f"{what}: a slider collapsed to {s['w']:.0f} px"

@@ -104,7 +104,7 @@ def test_mitigation_labels_are_the_forms_labels():
 def test_probe_item_inputs_fit_their_column():
     panel = ForgettingPanel()
     for widget in (panel.mc_question, panel.mc_choices, panel.q_text, panel.q_expect):
-        assert widget.layout.width == "100%" and widget.layout.min_width == "0"
+        assert widget.layout.width == "auto" and widget.layout.align_self == "stretch"  # fills, inside its margins
 
 
 @pytest.mark.parametrize("preset", ["quick-cpu-demo", "low-forgetting"])
