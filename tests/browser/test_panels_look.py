@@ -219,6 +219,9 @@ def test_light_then_dark_at_1000_and_1600_px(notebook):
             set_theme(page, theme)
         page.wait_for_timeout(600)  # plotly relayouts after the window's resize
         dark = "Dark" in theme
+        for tab in ("Data", "Settings", "Train", "Export", "Chat"):  # no chart (yet): they only have to fit
+            widget_tab(output_of(page, STUDIO), tab).click()
+            assert_fits(measure(page, STUDIO), f"{tab} tab, {theme}, {width} px")
         for i, name in ((MONITOR, "monitor"), (COMPARE, "comparison"), (STUDIO, "forgetting tab")):
             if i == STUDIO:
                 widget_tab(output_of(page, STUDIO), "Forgetting").click()
@@ -226,6 +229,9 @@ def test_light_then_dark_at_1000_and_1600_px(notebook):
             what = f"{name}, {theme}, {width} px"
             assert_fits(m, what)
             assert_theme(m, dark, what)
+            if i == MONITOR:
+                print(f"{what}: page behind the chart {m['chartBehind']}, axis text {m['tickFill']}, "
+                      f"chart {m['charts'][0]['w']:.0f} of {m['panel']['w']:.0f} px")
             widths[(i, width, theme)] = m["charts"][0]["w"]
             assert m["charts"][0]["w"] >= 0.9 * m["panel"]["w"], f"{what}: the chart does not fill the panel"
         if (width, theme) == (1600, "JupyterLab Light"):
