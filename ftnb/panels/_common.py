@@ -150,8 +150,9 @@ class LiveChart:
             self._draw()
         else:
             self.fig = go.FigureWidget(fig)
-            self.fig._config = {**self.fig._config, "responsive": True, "displaylogo": False}  # follows the window's width
-            self.widget = self.fig  # its width follows its container: autosize, and panels.css
+            # autosize, responsive and panels.css: its width follows its container's and the window's
+            self.fig._config = {**self.fig._config, "responsive": True, "displaylogo": False}
+            self.widget = self.fig
         self.widget.add_class("ftnb-chart")
 
     @property

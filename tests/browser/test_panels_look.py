@@ -11,7 +11,7 @@ import math
 
 import pytest
 from labtools import SHOTS, wait_for
-from test_panels_ui import (assert_no_browser_errors, button, cells, menu, open_notebook, output_of, run_all,
+from test_panels_ui import (assert_no_browser_errors, button, cells, open_notebook, output_of, run_all,
                             widget_tab, write_notebook)
 
 pytestmark = pytest.mark.browser
@@ -25,7 +25,10 @@ RUNS = {"lr-3e-4": (0.55, 0.97), "lr-1e-3": (0.42, 0.9), "lr-3e-3-long-run-name"
 
 # Measurements of one panel in the page: boxes, colours and the background that shows behind its charts
 MEASURE = """panel => {
-  const box = e => { const b = e.getBoundingClientRect(); return {x: b.left, y: b.top, r: b.right, b: b.bottom, w: b.width}; };
+  const box = e => {
+    const b = e.getBoundingClientRect();
+    return {x: b.left, y: b.top, r: b.right, b: b.bottom, w: b.width};
+  };
   const shown = e => { const b = e.getBoundingClientRect(); return b.width > 0 && b.height > 0; };
   const all = sel => [...panel.querySelectorAll(sel)].filter(shown);
   const behind = e => {  // the first opaque background at or above e: what the eye sees behind it
@@ -55,7 +58,8 @@ MEASURE = """panel => {
       const parts = [...gd.querySelectorAll('.g-gtitle text, .annotation-text, .g-xtitle text, .g-ytitle text, '
                                             + '.xtick text, .ytick text, .legend .bg')]
         .map(e => [e.textContent || 'legend', e.getBoundingClientRect()]).filter(([, b]) => b.width > 0);
-      const hit = (a, b) => a.left < b.right - 1 && b.left < a.right - 1 && a.top < b.bottom - 1 && b.top < a.bottom - 1;
+      const hit = (a, b) => a.left < b.right - 1 && b.left < a.right - 1
+                            && a.top < b.bottom - 1 && b.top < a.bottom - 1;
       const ticks = t => /^[-\\d.,\\u2212μmk ]+$/.test(t);
       return parts.flatMap(([t, a], i) => parts.slice(i + 1).filter(([u, b]) => !(ticks(t) && ticks(u)) && hit(a, b))
                                                      .map(([u]) => `${t} / ${u}`));
@@ -200,7 +204,7 @@ def test_buttons_are_enabled_only_when_they_do_something(notebook):
     widget_tab(studio, "Settings").click()
     assert studio.locator("select:visible").first.input_value() == "quick-cpu-demo"  # the preset applied
     widget_tab(studio, "Data").click()
-    assert studio.get_by_label("messages", exact=True).input_value() == "messages"  # the column the format was detected from
+    assert studio.get_by_label("messages", exact=True).input_value() == "messages"  # the column detected
     monitor = output_of(page, MONITOR)  # opened on a finished run: nothing to start, stop or resume
     assert button(monitor, "Start").count() == 0
     assert button(monitor, "Stop").is_disabled() and button(monitor, "Resume").is_disabled()
