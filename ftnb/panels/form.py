@@ -141,6 +141,8 @@ class ConfigForm(Panel):
         try:
             self._config, self.error = TrainConfig.from_dict(self.values()), None
             self.status.value = message("ok", "settings are valid")
+            if self.preset.value and not self._is_preset(self.preset.value):
+                self.preset.value = ""  # edited: no longer the preset's settings
         except json.JSONDecodeError as e:
             self.error = ConfigError("columns", f"not valid JSON ({e.msg})")
         except ConfigError as e:
@@ -167,6 +169,11 @@ class ConfigForm(Panel):
         keep = {k: self.values()[k] for k in ("model", "data", "output_dir")}
         self.set_config(TrainConfig.from_preset(name, **keep))
         self.preset.value = name  # the dropdown names the preset the settings came from
+
+    def _is_preset(self, name):
+        """Whether the settings are preset `name`'s (with this form's model, data and output folder)."""
+        keep = {k: getattr(self._config, k) for k in ("model", "data", "output_dir")}
+        return TrainConfig.from_preset(name, **keep) == self._config
 
     def _show_preset_help(self):
         name = self.preset.value

@@ -114,6 +114,8 @@ def test_the_preset_dropdown_names_the_applied_preset(preset, tmp_path):
     form.preset.value = "full-finetune"
     form.apply_preset_button.click()
     assert form.preset.value == "full-finetune" and form.config.method == "full"
+    form.fields["epochs"].value = 7.0  # edited: the settings are no longer the preset's
+    assert form.preset.value == "" and form.config.epochs == 7.0
     form.save(tmp_path / "c.json")
     form.load(tmp_path / "c.json")
     assert form.preset.value == "" and form.preset.label == "(your own settings)"
