@@ -22,6 +22,50 @@ def static_charts():
     return os.environ.get("FTNB_STATIC_CHARTS") == "1" or "google.colab" in sys.modules
 
 
+PANEL_CLASS = "ftnb-panel"  # the lab extension's panels.css styles charts and tables inside it with the theme's colours
+# One colour per run or series, the same in every chart and legend (plotly's default sequence, readable on light and
+# dark backgrounds).
+COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+          "#17becf")
+# Text colours that follow JupyterLab's theme through its CSS variables and fall back to ones readable on a light
+# page where those are not defined (Colab, VS Code, a static HTML export).
+TEXT = {"error": "var(--jp-error-color1, #b00020)", "warn": "var(--jp-warn-color0, #8a5a00)",
+        "ok": "var(--jp-success-color0, #1b5e20)", "info": "var(--jp-ui-font-color1, #333)",
+        "help": "var(--jp-ui-font-color2, #555)"}
+SELECTED_ROW = "rgba(33, 150, 243, 0.22)"  # translucent: readable under light and dark text alike
+
+
+def color(i):
+    return COLORS[i % len(COLORS)]
+
+
+def fill_column(**kw):
+    """An input that stretches across its column (inside its margins: width 100% would overflow by them)."""
+    return w.Layout(width="auto", align_self="stretch", min_width="0", **kw)
+
+
+def full_width(**kw):
+    """A widget that takes its row's width and shrinks with it rather than overflowing."""
+    return w.Layout(width="100%", min_width="0", **kw)
+
+
+def styled(fig, height=300, legend_below=False):
+    """Panel look for a figure: transparent backgrounds (the page's shows through, light or dark), grid and text in
+    colours that read on both, margins that keep titles off the axes, and no fixed width (it fills its container)."""
+    grid = "rgba(128, 128, 128, 0.3)"
+    fig.update_layout(paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="rgba(0,0,0,0)", autosize=True, width=None,
+                      height=height, colorway=list(COLORS), font=dict(size=12),
+                      margin=dict(l=55, r=20, t=50, b=80 if legend_below else 45),
+                      modebar=dict(bgcolor="rgba(0,0,0,0)", color="rgba(128,128,128,0.8)"),
+                      legend=dict(bgcolor="rgba(0,0,0,0)",
+                                  **(dict(orientation="h", x=0, xanchor="left", y=-0.3, yanchor="top")
+                                     if legend_below else {})))
+    fig.update_xaxes(gridcolor=grid, zerolinecolor=grid, linecolor=grid, automargin=True, title_standoff=6)
+    fig.update_yaxes(gridcolor=grid, zerolinecolor=grid, linecolor=grid, automargin=True)
+    fig.update_annotations(font_size=13)  # subplot titles
+    return fig
+
+
 class Panel(w.VBox):
     """A panel owns a root widget and lets go of everything on close(). It is itself a box around that root, so it
     shows itself in a cell and fits inside other widgets: `ipywidgets.VBox([builder, monitor])`.
@@ -40,10 +84,11 @@ class Panel(w.VBox):
             self.children = (widget,)
         else:
             self.__dict__["_panel_box"] = True
-            w.VBox.__init__(self, children=(widget,))
+            w.VBox.__init__(self, children=(widget,), layout=w.Layout(width="100%", min_width="0"))
+            self.add_class(PANEL_CLASS)
 
     def close(self):
-        for child in _walk(self.root):
+        for child in _walk(self.root) if self.root is not None else ():
             child.close()
         w.VBox.close(self)
 
@@ -70,8 +115,7 @@ def _walk(widget):
 
 def message(kind, text):
     """An inline status line; `text` is escaped."""
-    color = {"error": "#b00020", "warn": "#8a5a00", "ok": "#1b5e20", "info": "#444"}[kind]
-    return f'<div style="color:{color};font-size:0.92em">{esc(text)}</div>'
+    return f'<div class="ftnb-status ftnb-status-{kind}" style="color:{TEXT[kind]};font-size:0.92em">{esc(text)}</div>'
 
 
 class Throttle:
@@ -102,11 +146,14 @@ class LiveChart:
         self.throttle = Throttle(static_interval)
         if self.static:
             self.fig = go.Figure(fig)
-            self.widget = w.Output()
+            self.widget = w.Output(layout=full_width())
             self._draw()
         else:
             self.fig = go.FigureWidget(fig)
+            # autosize, responsive and panels.css: its width follows its container's and the window's
+            self.fig._config = {**self.fig._config, "responsive": True, "displaylogo": False}
             self.widget = self.fig
+        self.widget.add_class("ftnb-chart")
 
     @property
     def data(self):

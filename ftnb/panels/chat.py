@@ -16,11 +16,12 @@ from ._common import Panel, Throttle, esc, message
 
 SIDES = ("tuned", "base")
 # column-reverse keeps a transcript scrolled to its end while the answer grows (no script needed)
-CSS = ("<style>.ftnb-chat{max-height:420px;overflow-y:auto;padding:4px 6px;border:1px solid #ddd;border-radius:4px;"
+CSS = ("<style>.ftnb-chat{max-height:420px;overflow-y:auto;padding:4px 6px;"
+       "border:1px solid var(--jp-border-color2,#ddd);border-radius:4px;"
        "display:flex;flex-direction:column-reverse}"
        ".ftnb-msg{margin:4px 0;padding:4px 8px;border-radius:6px;white-space:pre-wrap;word-break:break-word}"
-       ".ftnb-msg-user{background:#e8f0fe}.ftnb-msg-assistant{background:#f4f4f4}"
-       ".ftnb-who{font-size:0.8em;color:#666;display:block}</style>")
+       ".ftnb-msg-user{background:rgba(33,150,243,0.14)}.ftnb-msg-assistant{background:rgba(128,128,128,0.12)}"
+       ".ftnb-who{font-size:0.8em;color:var(--jp-ui-font-color2,#555);display:block}</style>")
 
 
 class Chat(Panel):

@@ -7,24 +7,30 @@ from plotly.subplots import make_subplots
 
 from ..core.comparison import compare_runs
 from ..core.rundir import list_runs
-from ._common import LiveChart, Panel, esc, message, plural
+from ._common import LiveChart, Panel, color, esc, full_width, message, plural, styled
 
 
 def trade_off_figure(result):
-    """Validation loss (x) against retention (y), one point per run; the Pareto front joined by a line."""
+    """Validation loss (x) against retention (y), one point per run in the run's colour (as in the curves); the
+    Pareto front joined by a line. Labels may reach past the plot area (not clipped) and the margins make room."""
     fig = go.Figure()
-    pts = [(r["name"], p, r["probe"][-1][1]) for r, p in zip(result["runs"], result["points"]) if p is not None]
+    pts = [(i, r["name"], p, r["probe"][-1][1]) for i, (r, p) in enumerate(zip(result["runs"], result["points"]))
+           if p is not None]
     bound = lambda s, k: s.get(k) if s.get(k) is not None else s["retention"]  # noqa: E731
-    fig.add_scatter(x=[p[0] for _, p, _ in pts], y=[p[1] for _, p, _ in pts], text=[n for n, _, _ in pts],
-                    mode="markers+text", textposition="top center", name="runs",
-                    error_y=dict(type="data", symmetric=False,  # retention's paired 95% interval
-                                 array=[bound(s, "retention_high") - p[1] for _, p, s in pts],
-                                 arrayminus=[p[1] - bound(s, "retention_low") for _, p, s in pts]))
+    fig.add_scatter(x=[p[0] for _, _, p, _ in pts], y=[p[1] for _, _, p, _ in pts], text=[n for _, n, _, _ in pts],
+                    mode="markers+text", textposition="top center", name="runs", cliponaxis=False,
+                    marker=dict(size=10, color=[color(i) for i, _, _, _ in pts]), showlegend=False,
+                    error_y=dict(type="data", symmetric=False, color="rgba(128,128,128,0.7)",  # paired 95% interval
+                                 array=[bound(s, "retention_high") - p[1] for _, _, p, s in pts],
+                                 arrayminus=[p[1] - bound(s, "retention_low") for _, _, p, s in pts]))
     front = [result["points"][i] for i in result["pareto"]]
     fig.add_scatter(x=[p[0] for p in front], y=[p[1] for p in front], mode="lines+markers", name="Pareto front",
-                    marker=dict(size=12, symbol="star"))
+                    marker=dict(size=12, symbol="star-open", color="rgba(128,128,128,0.9)"),
+                    line=dict(color="rgba(128,128,128,0.9)", dash="dot"), cliponaxis=False)
     fig.update_layout(xaxis_title="task validation loss (lower learns more)",
-                      yaxis_title="retention, paired 95% CI (higher forgets less)", height=360, margin=dict(l=50, r=10, t=30, b=40))
+                      yaxis_title="retention, paired 95% CI<br>(higher forgets less)")
+    styled(fig, height=380)
+    fig.update_layout(margin=dict(t=60, r=60))  # room for the labels above and beside the outer points
     return fig
 
 
@@ -36,15 +42,17 @@ class RunComparison(Panel):
         self.folder = w.Text(value=str(folder), description="folder")
         self.refresh_button = w.Button(description="Refresh", icon="refresh")
         self.refresh_button.on_click(lambda _: self.refresh())
-        self.picker = w.SelectMultiple(options=[], rows=6, description="runs", layout=w.Layout(width="520px"))
+        self.picker = w.SelectMultiple(options=[], rows=6, description="runs", layout=full_width(max_width="720px"))
         self.picker.observe(lambda ch: self.select(list(ch["new"])), names="value")
         self.static, self.curves, self.scatter = static, None, None  # charts are built when runs are first picked
-        self.curves_box, self.scatter_box = w.Box(), w.Box()
+        self.curves_box, self.scatter_box = w.VBox(), w.VBox()  # columns: a chart takes their width
         self.diff = w.HTML()
         self.msg = w.HTML()
         self.root = w.VBox([w.HBox([self.folder, self.refresh_button]), self.picker, self.msg, self.curves_box,
                             w.HTML("<b>Settings that differ</b>"), self.diff,
-                            w.HTML("<b>Learning versus forgetting</b>"), self.scatter_box])
+                            w.HTML("<b>Learning versus forgetting</b>"), self.scatter_box], layout=full_width())
+        for box in (self.curves_box, self.scatter_box):
+            box.layout = full_width()
         self.refresh()
 
     def refresh(self):
@@ -56,9 +64,10 @@ class RunComparison(Panel):
 
     def _charts(self):
         if self.curves is None:
-            fig = make_subplots(rows=1, cols=2, subplot_titles=("train loss", "validation loss"))
-            fig.update_layout(height=300, margin=dict(l=40, r=10, t=40, b=30))
-            self.curves = LiveChart(fig, static=self.static)
+            fig = make_subplots(rows=1, cols=2, subplot_titles=("train loss", "validation loss"),
+                                horizontal_spacing=0.1)
+            fig.update_xaxes(title_text="step")
+            self.curves = LiveChart(styled(fig, height=340, legend_below=True), static=self.static)
             self.scatter = LiveChart(trade_off_figure({"runs": [], "points": [], "pareto": []}), static=self.static)
             self.curves_box.children, self.scatter_box.children = [self.curves.widget], [self.scatter.widget]
 
@@ -70,10 +79,12 @@ class RunComparison(Panel):
         with_traces = len(fig.data)
         if with_traces != 2 * n:  # the number of runs changed: rebuild the traces (not a live update)
             fig.data = []
-            for r in res["runs"]:
-                fig.add_scatter(x=[], y=[], mode="lines", name=r["name"], legendgroup=r["name"], row=1, col=1)
-                fig.add_scatter(x=[], y=[], mode="lines+markers", name=r["name"], legendgroup=r["name"],
-                                showlegend=False, row=1, col=2)
+            for i, r in enumerate(res["runs"]):  # one colour per run, in both charts, the legend and the scatter
+                fig.add_scatter(x=[], y=[], mode="lines", name=r["name"], legendgroup=str(i), row=1, col=1,
+                                line=dict(color=color(i)))
+                fig.add_scatter(x=[], y=[], mode="lines+markers", name=r["name"], legendgroup=str(i),
+                                showlegend=False, row=1, col=2, line=dict(color=color(i)),
+                                marker=dict(color=color(i)))
         self.curves.update({2 * i + k: {"x": np.asarray(r[part][0]), "y": np.asarray(r[part][1]), "name": r["name"]}
                             for i, r in enumerate(res["runs"]) for k, part in enumerate(("train", "val"))}, force=True)
         new = trade_off_figure(res)

@@ -14,13 +14,22 @@ from ..core.batching import chat_segments, tokenize_data, tokenize_example
 from ..core.config import TrainConfig
 from ..core.data import ChatData, DataReport, load_examples, load_examples_from_bytes, peek_columns
 from ..core.errors import RowProblem
-from ..core.formats import FORMAT_COLUMNS, FORMAT_NAMES, normalise
+from ..core.formats import FORMAT_COLUMNS, FORMAT_NAMES, normalise, resolve_format
 from ..core.function_calling import fallback_messages, supports_tools, uses_tools
 from ..core.durable import write_text
 from ..core.errors import DataError
-from ._common import LiveChart, Panel, esc, message, plural
+from ._common import SELECTED_ROW, TEXT, LiveChart, Panel, esc, full_width, message, plural, styled
 
 PAGE = 10
+
+
+def detected_columns(columns, fmt):
+    """{role: column} the way `fmt` reads a source with these columns (what the mapping shows before any choice)."""
+    try:
+        _, cols, _ = resolve_format(columns, fmt)
+    except DataError:
+        return {}
+    return {role: col for role, col in cols.items() if col in columns}
 
 
 class DatasetBuilder(Panel):
@@ -154,14 +163,14 @@ class DatasetBuilder(Panel):
         tok = self._tok()
         if ex.text is not None:
             return f'<pre style="white-space:pre-wrap"><mark>{esc(ex.text)}</mark></pre>'
-        parts = [f'<mark style="background:#c8e6c9">{esc(t)}</mark>' if trained else esc(t)
+        parts = [f'<mark style="background:rgba(76,175,80,0.35);color:inherit">{esc(t)}</mark>' if trained else esc(t)
                  for t, trained in chat_segments(tok, ex.messages, ex.tools)]
         n = len(tokenize_example(tok, ex, 10 ** 9))
         how = ""
         if uses_tools(ex.messages, ex.tools):
             how = ("; tools in the chat template's own format" if supports_tools(tok, ex.tools) else
                    "; tools in ftnb's fallback format (the chat template has no tool support)")
-        return (f'<div style="font-size:0.85em;color:#555">{n} tokens; highlighted: trained on{how}</div>'
+        return (f'<div style="font-size:0.85em;color:{TEXT["help"]}">{n} tokens; highlighted: trained on{how}</div>'
                 f'<pre style="white-space:pre-wrap;font-size:0.85em">{"".join(parts)}</pre>')
 
     def token_lengths(self):
@@ -210,7 +219,7 @@ class DatasetBuilder(Panel):
         self.show_template = w.Button(description="Show template and tokens", icon="eye", layout=w.Layout(width="auto"))
         self.show_template.on_click(lambda _: self._guard(self._draw_tokens))
         self.hist = None  # built on first use: each plotly FigureWidget ships its own copy of plotly.js
-        self.hist_box = w.Box()
+        self.hist_box = w.VBox(layout=full_width())  # a column: the chart takes its width
         self.val_fraction = w.FloatSlider(value=0.1, min=0, max=0.5, step=0.05, description="validation")
         self.seed = w.IntText(value=42, description="seed")
         self.split_html = w.HTML()
@@ -223,7 +232,8 @@ class DatasetBuilder(Panel):
                                                        self.delete_button]), self.editor_msg,
             w.HTML("<b>Report</b>"), self.report_html, self.check_button,
             w.HBox([self.show_template]), self.template_html, self.hist_box,
-            w.HBox([self.val_fraction, self.seed]), self.split_html])
+            w.HBox([self.val_fraction, self.seed], layout=w.Layout(flex_flow="row wrap")), self.split_html],
+            layout=full_width())
 
     def _guard(self, fn, *args):
         self.editor_msg.value = self.status.value = ""
@@ -269,8 +279,9 @@ class DatasetBuilder(Panel):
         fmt = self.format_choice.value if self.format_choice.value != "auto" else (
             self.report.format if self.failure is None and self.report.format in FORMAT_COLUMNS
             else "prompt_completion")
-        self.mapping = {role: w.Dropdown(options=[""] + self.columns_found, description=role,
-                                         layout=w.Layout(width="220px"))
+        chosen = detected_columns(self.columns_found, fmt)
+        self.mapping = {role: w.Dropdown(options=[""] + self.columns_found, value=chosen.get(role, ""),
+                                         description=role, layout=w.Layout(width="220px"))
                         for role in FORMAT_COLUMNS[fmt]} if self.columns_found else {}
         self.mapping_box.children = list(self.mapping.values())
 
@@ -310,7 +321,7 @@ class DatasetBuilder(Panel):
                 turns = len(ex.messages)
             else:
                 user, answer, turns = ex.text, "", 1
-            style = ' style="background:#e3f2fd"' if i == self.selected else ""
+            style = f' class="ftnb-selected" style="background:{SELECTED_ROW}"' if i == self.selected else ""
             rows.append(f"<tr{style}><td>{i + 1}</td><td>{esc(user[:140])}</td><td>{esc(answer[:140])}</td>"
                         f"<td>{turns}</td></tr>")
         self.table.value = ('<table style="width:100%;font-size:0.9em"><tr><th>#</th><th>user</th><th>assistant</th>'
@@ -326,7 +337,8 @@ class DatasetBuilder(Panel):
             return
         head = message("warn" if trouble else "ok", f"{r.usable} of {r.rows} rows usable" if r.rows else
                        f"{plural(len(self.examples), 'example')} entered here")
-        checked = "" if report is not None else ("<div style='font-size:0.85em;color:#555'>lengths not checked yet: "
+        checked = "" if report is not None else (f"<div style='font-size:0.85em;color:{TEXT['help']}'>"
+                                                 "lengths not checked yet: "
                                                  "Check lengths measures them with the model's tokenizer</div>")
         self.report_html.value = (head + f'<pre style="max-height:220px;overflow:auto;font-size:0.85em;'
                                   f'white-space:pre-wrap">{esc(r.render(limit=200))}</pre>' + checked)
@@ -344,9 +356,8 @@ class DatasetBuilder(Panel):
         self.template_html.value = self.render_html(self.selected)
         import numpy as np
         if self.hist is None:
-            self.hist = LiveChart(go.Figure(data=[go.Histogram(x=[], nbinsx=30, name="tokens")],
-                                            layout=dict(height=220, margin=dict(l=40, r=10, t=30, b=30),
-                                                        title="tokens per example")))
+            self.hist = LiveChart(styled(go.Figure(data=[go.Histogram(x=[], nbinsx=30, name="tokens")],
+                                                   layout={"title": "tokens per example"}), height=240))
             self.hist_box.children = [self.hist.widget]
         self.hist.update({0: {"x": np.array(self.token_lengths())}}, force=True)
 
@@ -369,7 +380,7 @@ class DatasetBuilder(Panel):
 
     def _turn_row(self, role="user", content=""):
         r = w.Dropdown(options=["system", "user", "assistant"], value=role, layout=w.Layout(width="110px"))
-        c = w.Textarea(value=content, layout=w.Layout(width="560px", height="60px"))
+        c = w.Textarea(value=content, layout=w.Layout(width="560px", height="60px", min_width="0", flex="0 1 560px"))
         remove = w.Button(icon="times", layout=w.Layout(width="36px"))
         row = w.HBox([r, c, remove])
         remove.on_click(lambda _: setattr(self.turns, "children", [x for x in self.turns.children if x is not row]))
@@ -390,7 +401,8 @@ class DatasetBuilder(Panel):
     def _shown_row(self, m):
         role = m["role"] + (" (weight 0)" if m.get("weight") == 0 else "")
         return w.HBox([w.Label(role, layout=w.Layout(width="110px")),
-                       w.Textarea(value=m["content"], disabled=True, layout=w.Layout(width="560px", height="60px"))])
+                       w.Textarea(value=m["content"], disabled=True,
+                                  layout=w.Layout(width="560px", height="60px", min_width="0", flex="0 1 560px"))])
 
     def _add_turn_row(self):
         last = self.turns.children[-1].children[0].value if self.turns.children else "assistant"

@@ -40,7 +40,7 @@ class ExportPanel(Panel):
                                                             self.push_merged.value))
         self.status = w.HTML()
         self.results = w.HTML()
-        note = ("<span style='color:#555;font-size:0.9em'>{}</span>").format
+        note = ("<span style='color:var(--jp-ui-font-color2,#555);font-size:0.9em'>{}</span>").format
         self.root = w.VBox([
             w.HBox([self.run_path, self.refresh_button]), self.checkpoint,
             w.HTML("<b>Merged transformers folder</b> " + note("the adapter merged into the base weights; checked "

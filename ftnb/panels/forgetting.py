@@ -15,7 +15,8 @@ from ..core.paired import points
 from ..core.probe import ProbeSuite
 from ..core.rundir import RunDir
 from ..core.saved import best_step
-from ._common import LiveChart, Panel, esc, message
+from ._common import TEXT, LiveChart, Panel, esc, fill_column, full_width, message, styled
+from .form import label
 
 MITIGATIONS = [  # (field, widget kind, one line)
     ("replay_fraction", "slider", "Replay: mix this share of general examples into training; keeps general skills, "
@@ -161,8 +162,9 @@ class ForgettingPanel(Panel):
                                   f"<th>now</th><th>right</th></tr>{rows}</table>")
 
     def _build(self, static):
-        fig = make_subplots(rows=1, cols=3, subplot_titles=("change in accuracy, points (paired 95% CI)",
-                                                           "KL(base || current)", "general-text perplexity"))
+        fig = make_subplots(rows=1, cols=3, subplot_titles=("change in accuracy, points<br>(paired 95% CI)",
+                                                           "KL(base || current)", "general-text perplexity"),
+                            horizontal_spacing=0.08)
         fig.add_scatter(x=[], y=[], mode="lines", line=dict(width=0), showlegend=False, row=1, col=1)
         fig.add_scatter(x=[], y=[], mode="lines", line=dict(width=0), fill="tonexty", fillcolor="rgba(31,119,180,0.2)",
                         name="95% CI", row=1, col=1)
@@ -170,54 +172,62 @@ class ForgettingPanel(Panel):
         fig.add_scatter(x=[], y=[], mode="lines", line=dict(dash="dash"), name="no change", row=1, col=1)
         fig.add_scatter(x=[], y=[], mode="lines+markers", name="KL", showlegend=False, row=1, col=2)
         fig.add_scatter(x=[], y=[], mode="lines+markers", name="perplexity", showlegend=False, row=1, col=3)
-        fig.update_layout(height=300, margin=dict(l=40, r=10, t=40, b=30), legend=dict(orientation="h", y=-0.2))
         fig.update_xaxes(title_text="step")
-        self.chart = LiveChart(fig, static=static)
-        cats = go.Figure(go.Bar(x=[], y=[], name="change by category", textposition="outside"))
-        cats.update_layout(height=240, margin=dict(l=40, r=10, t=30, b=30),
-                           title="change in accuracy by category, points (paired 95% CI), last probe")
-        self.categories_chart = LiveChart(cats, static=static)
+        self.chart = LiveChart(styled(fig, height=320, legend_below=True), static=static)
+        cats = go.Figure(go.Bar(x=[], y=[], name="change by category", textposition="outside", cliponaxis=False))
+        cats.update_layout(title="change in accuracy by category, points (paired 95% CI), last probe",
+                           title_font_size=13)
+        self.categories_chart = LiveChart(styled(cats, height=260), static=static)
         self.headline, self.flips, self.answers = w.HTML(), w.HTML(), w.HTML()
-        self.mc_question = w.Text(description="question", layout=w.Layout(width="500px"))
-        self.mc_choices = w.Textarea(description="choices", placeholder="one per line", layout=w.Layout(width="500px"))
-        self.mc_answer = w.BoundedIntText(value=1, min=1, max=10, description="right one #")
+        self.mc_question = w.Text(description="question", layout=fill_column())
+        self.mc_choices = w.Textarea(description="choices", placeholder="one per line", layout=fill_column())
+        self.mc_answer = w.BoundedIntText(value=1, min=1, max=10, description="right one #",
+                                          layout=w.Layout(width="220px", max_width="100%"))
         self.add_mc_button = w.Button(description="Add multiple choice", icon="plus", layout=w.Layout(width="auto"))
         self.add_mc_button.on_click(lambda _: self._guard(self.add_mc_item, self.mc_question.value,
                                                           [c for c in self.mc_choices.value.splitlines() if c.strip()],
                                                           self.mc_answer.value - 1))
-        self.q_text = w.Text(description="question", layout=w.Layout(width="500px"))
-        self.q_expect = w.Text(description="expect", placeholder="words a right answer contains, comma-separated")
+        self.q_text = w.Text(description="question", layout=fill_column())
+        self.q_expect = w.Text(description="expect", placeholder="words a right answer contains, comma-separated",
+                               layout=fill_column())
         self.add_q_button = w.Button(description="Add question", icon="plus", layout=w.Layout(width="auto"))
         self.add_q_button.on_click(lambda _: self._guard(self.add_question, self.q_text.value,
                                                          self.q_expect.value.split(",")))
         self.items_msg = w.HTML()
+        def column():  # the two item forms side by side, stacked when the panel is narrow
+            return w.Layout(flex="1 1 320px", min_width="0", max_width="640px", margin="0 12px 0 0")
         rows = []
         help_ = TrainConfig.field_help()
         self.switches = {}
-        wide = {"style": {"description_width": "120px"}}
         for name, kind, line in MITIGATIONS:
             meta = help_[name]
+            kw = {"value": meta["default"], "description": label(name, meta), "style": {"description_width": "140px"},
+                  "layout": w.Layout(width="360px", max_width="100%", flex="0 0 auto")}  # keeps its width; help wraps
             if kind == "slider":
-                widget = w.FloatSlider(value=meta["default"], min=0, max=0.5 if name == "replay_fraction" else 1.0,
-                                       step=0.05, description=name, **wide)
+                widget = w.FloatSlider(min=0, max=0.5 if name == "replay_fraction" else 1.0, step=0.05, **kw)
             elif kind == "choice":
-                widget = w.Dropdown(options=list(meta["choices"]), value=meta["default"], description=name, **wide)
+                widget = w.Dropdown(options=list(meta["choices"]), **kw)
             elif kind == "int":
-                widget = w.IntText(value=meta["default"], description=name, **wide)
+                widget = w.IntText(**kw)
             elif kind == "text":
-                widget = w.Text(value=meta["default"], description=name, **wide)
+                widget = w.Text(**kw)
             else:
-                widget = w.FloatText(value=meta["default"], description=name, **wide)
+                widget = w.FloatText(**kw)
             widget.tooltip = meta["help"]
             if self.form is not None:  # one source of truth: the switch mirrors the form's field both ways
                 w.link((widget, "value"), (self.form.fields[name], "value"))
             self.switches[name] = widget
-            rows.append(w.HBox([widget, w.HTML(f"<span style='color:#555;font-size:0.9em'>{esc(line)}</span>")]))
+            rows.append(w.HBox([widget, w.HTML(f"<span class='ftnb-help' style='color:{TEXT['help']};font-size:0.9em'>"
+                                               f"{esc(line)}</span>", layout=w.Layout(flex="1 1 0", min_width="0"))],
+                               layout=w.Layout(flex_flow="row wrap", width="100%")))
         self.root = w.VBox([self.headline, self.chart.widget, self.categories_chart.widget, w.HBox([self.flips]), w.HTML("<b>Base versus now</b>"),
                             self.answers, w.HTML("<b>Your own probe items</b>"),
-                            w.HBox([w.VBox([self.mc_question, self.mc_choices, self.mc_answer, self.add_mc_button]),
-                                    w.VBox([self.q_text, self.q_expect, self.add_q_button])]), self.items_msg,
-                            w.HTML("<b>Mitigations</b> (settings of the next run)"), w.VBox(rows)])
+                            w.HBox([w.VBox([self.mc_question, self.mc_choices, self.mc_answer, self.add_mc_button],
+                                           layout=column()),
+                                    w.VBox([self.q_text, self.q_expect, self.add_q_button], layout=column())],
+                                   layout=w.Layout(width="100%", flex_flow="row wrap")), self.items_msg,
+                            w.HTML("<b>Mitigations</b> (settings of the next run)"), w.VBox(rows, layout=full_width())],
+                           layout=full_width())
 
     def _guard(self, fn, *args):
         try:
@@ -227,7 +237,8 @@ class ForgettingPanel(Panel):
 
     # -- check on a benchmark (ftnb.evaluate: lm-evaluation-harness, pip install 'ftnb[eval]') --
     def _build_benchmark(self):
-        self.bench_tasks = w.Text(value="arc_easy", description="tasks", layout=w.Layout(width="420px"),
+        self.bench_tasks = w.Text(value="arc_easy", description="tasks",
+                                  layout=w.Layout(width="420px", min_width="0", flex="0 1 420px"),
                                   placeholder="arc_easy,hellaswag, a task .yaml, a {question, choices, answer} .jsonl")
         self.bench_limit = w.IntText(value=100, description="limit", layout=w.Layout(width="160px"),
                                      tooltip="the first N documents of each task, a quick look (0: all of them)")

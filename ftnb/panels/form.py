@@ -8,7 +8,7 @@ import ipywidgets as w
 
 from ..core.config import PRESETS, TrainConfig
 from ..core.errors import ConfigError
-from ._common import Panel, esc, message
+from ._common import TEXT, Panel, esc, full_width, message
 
 
 def count(n):
@@ -30,13 +30,20 @@ def duration(seconds):
     return f"{seconds / 3600:.1f} h"
 
 
+CUSTOM = "(your own settings)"  # the preset dropdown when the settings came from no preset
 GROUPS = [("model", "Model"), ("lora", "LoRA adapters"), ("data", "Data"), ("training", "Training"),
           ("forgetting", "Forgetting: probe and mitigations"), ("runtime", "Run")]
 MODEL_CHOICES = ["default", "tiny", "HuggingFaceTB/SmolLM2-360M-Instruct", "Qwen/Qwen2.5-0.5B-Instruct"]
 
 
+def label(name, meta=None):
+    """What a setting is called on screen, in every panel that edits it: the field's label, else its name in words
+    (kl_beta -> "kl beta")."""
+    return (meta or {}).get("label") or name.replace("_", " ")
+
+
 def _widget(name, meta, value):
-    kw = {"description": name.replace("_", " "), "tooltip": meta["help"], "style": {"description_width": "150px"},
+    kw = {"description": label(name, meta), "tooltip": meta["help"], "style": {"description_width": "150px"},
           "layout": w.Layout(width="420px")}
     if name == "model":
         return w.Combobox(value=value, options=MODEL_CHOICES, ensure_option=False, **kw)
@@ -89,19 +96,20 @@ class ConfigForm(Panel):
                     continue
                 self.fields[name] = _widget(name, meta, getattr(cfg, name))
                 self.errors[name] = w.HTML()
-                help_ = w.HTML(f'<span title="{esc(meta["help"])}" style="color:#777;cursor:help">?</span>')
+                help_ = w.HTML(f'<span title="{esc(meta["help"])}" style="color:{TEXT["help"]};cursor:help">?</span>')
                 rows.append(w.VBox([w.HBox([self.fields[name], help_]), self.errors[name]]))
                 self.fields[name].observe(self._changed, names="value")
             sections.append(w.VBox(rows))
         self.accordion = w.Accordion(children=sections, selected_index=0)
         for i, (_, title) in enumerate(GROUPS):
             self.accordion.set_title(i, title)
-        self.preset = w.Dropdown(options=["(choose a preset)"] + list(PRESETS), description="preset")
+        self.preset = w.Dropdown(options=[(CUSTOM, "")] + [(p, p) for p in PRESETS], description="preset",
+                                 value=preset if config is None and preset in PRESETS else "")
         self.apply_preset_button = w.Button(description="Apply preset", icon="magic")
         self.apply_preset_button.on_click(lambda _: self.apply_preset(self.preset.value))
         self.preset_help = w.HTML()
-        self.preset.observe(lambda ch: setattr(self.preset_help, "value", esc(PRESETS.get(ch["new"], {}).get("help", ""))),
-                            names="value")
+        self.preset.observe(lambda _: self._show_preset_help(), names="value")
+        self._show_preset_help()
         self.path = w.Text(value="ftnb-config.json", description="file")
         self.save_button = w.Button(description="Save JSON", icon="save")
         self.load_button = w.Button(description="Load JSON", icon="folder-open")
@@ -114,7 +122,7 @@ class ConfigForm(Panel):
         self.status = w.HTML(message("ok", "settings are valid"))
         self.root = w.VBox([w.HBox([self.preset, self.apply_preset_button]), self.preset_help, self.accordion,
                             self.status, w.HBox([self.estimate_button]), self.estimate_html,
-                            w.HBox([self.path, self.save_button, self.load_button])])
+                            w.HBox([self.path, self.save_button, self.load_button])], layout=full_width())
 
     # -- state in and out --
     def values(self):
@@ -133,6 +141,8 @@ class ConfigForm(Panel):
         try:
             self._config, self.error = TrainConfig.from_dict(self.values()), None
             self.status.value = message("ok", "settings are valid")
+            if self.preset.value and not self._is_preset(self.preset.value):
+                self.preset.value = ""  # edited: no longer the preset's settings
         except json.JSONDecodeError as e:
             self.error = ConfigError("columns", f"not valid JSON ({e.msg})")
         except ConfigError as e:
@@ -158,6 +168,17 @@ class ConfigForm(Panel):
             return
         keep = {k: self.values()[k] for k in ("model", "data", "output_dir")}
         self.set_config(TrainConfig.from_preset(name, **keep))
+        self.preset.value = name  # the dropdown names the preset the settings came from
+
+    def _is_preset(self, name):
+        """Whether the settings are preset `name`'s (with this form's model, data and output folder)."""
+        keep = {k: getattr(self._config, k) for k in ("model", "data", "output_dir")}
+        return TrainConfig.from_preset(name, **keep) == self._config
+
+    def _show_preset_help(self):
+        name = self.preset.value
+        self.preset_help.value = (f'<span style="color:{TEXT["help"]}">{esc(PRESETS[name]["help"])}</span>'
+                                  if name in PRESETS else "")
 
     def save(self, path):
         self.config.save(path)
@@ -165,6 +186,7 @@ class ConfigForm(Panel):
 
     def load(self, path):
         self.set_config(TrainConfig.load(path))
+        self.preset.value = ""  # settings from a file, not a preset
         self.status.value = message("ok", f"loaded {path}")
 
     def _try(self, fn, *args):

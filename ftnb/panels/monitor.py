@@ -16,7 +16,20 @@ from ..core.events import ENDS
 from ..core.metrics import History
 from ..core.rundir import RunDir
 from ..core.train import resume, train
-from ._common import LiveChart, Panel, Throttle, class_or_widget_method, esc, message
+from ._common import LiveChart, Panel, Throttle, class_or_widget_method, esc, full_width, message, styled
+
+RESUMABLE = ("stopped", "failed", "interrupted")  # states a run continues from its last checkpoint
+
+
+def button_states(can_start, busy, stopping, state, has_run):
+    """{button: enabled}: each of Start, Stop and Resume is enabled only when clicking it does something. `busy`:
+    training in this kernel; `state`: the shown run's (another process may be training it); `has_run`: a run is
+    shown."""
+    live = busy or state == "running"
+    return {"start": can_start and not live,
+            "stop": live and not stopping,
+            "resume": has_run and not live and state in RESUMABLE}
+
 
 class TrainingMonitor(Panel):
     """monitor = TrainingMonitor(form=form, builder=builder); monitor.start(); monitor.wait(); monitor.run"""
@@ -32,6 +45,7 @@ class TrainingMonitor(Panel):
         self.throttle = Throttle(redraw_interval)
         self.error = None
         self.t0 = None
+        self.busy = self.stopping = False  # training in this kernel; a stop was asked for
         self._build(static)
 
     @class_or_widget_method  # monitor.open() is ipywidgets' (a panel is a widget box)
@@ -64,7 +78,11 @@ class TrainingMonitor(Panel):
             self.stop_event.set()
         elif self.run_dir is not None and self.history.state == "running":
             self.run_dir.request_stop()  # a run trained by another process
+        else:
+            return
+        self.stopping = True
         self.status.value = message("info", "stopping after this step...")
+        self._sync_buttons()
 
     def resume(self):
         """Continue the shown run from its last checkpoint. Its model's own code runs only when this session's
@@ -124,6 +142,7 @@ class TrainingMonitor(Panel):
         self.stop_event = threading.Event()
         self.error, self.t0 = None, time.monotonic()
         self.status.value = message("info", "starting (loading the model)...")
+        self.busy, self.stopping = True, False
 
         def work():
             try:
@@ -133,9 +152,10 @@ class TrainingMonitor(Panel):
                 notes = "".join(f"; {n}" for n in getattr(e, "__notes__", ()))
                 self.status.value = message("error", f"{type(e).__name__}: {e}{notes}")
             finally:
-                self.start_button.disabled = self.resume_button.disabled = False
+                self.busy = self.stopping = False
+                self._sync_buttons()
         self.thread = threading.Thread(target=work, daemon=True, name="ftnb-train")
-        self.start_button.disabled = self.resume_button.disabled = True
+        self._sync_buttons()
         self.thread.start()
 
     def _on_event(self, ev):
@@ -145,6 +165,7 @@ class TrainingMonitor(Panel):
             h.total_steps, h.state = ev.data["total_steps"], "running"
             self.progress.max = max(1, h.total_steps)
             self.status.value = message("info", f"training: {ev.run.run_dir.path}")
+            self._sync_buttons()
         elif ev.kind in ("log", "eval", "probe"):
             h.add_event(ev.kind, ev.step, ev.data)
         elif ev.kind in ENDS:
@@ -176,6 +197,9 @@ class TrainingMonitor(Panel):
         self.status.value = message("error" if h.state in ("failed", "interrupted", "not responding", "unreadable")
                                     else "info",
                                     f"{self.run_dir.path}: {h.state}" + (f" ({h.error})" if h.error else ""))
+        if h.state != "running":
+            self.stopping = False
+        self._sync_buttons()
 
     def _follow(self, offset, interval=1.0):
         while not self.stop_event.wait(interval):
@@ -225,28 +249,43 @@ class TrainingMonitor(Panel):
                                   f"<tr><th>prompt</th><th>answer</th></tr>{rows}</table>")
 
     def _build(self, static):
-        fig = make_subplots(rows=1, cols=3, subplot_titles=("loss", "learning rate", "gradient norm"))
+        fig = make_subplots(rows=1, cols=3, subplot_titles=("loss", "learning rate", "gradient norm"),
+                            horizontal_spacing=0.08)
         fig.add_scatter(x=[], y=[], name="train loss", mode="lines", row=1, col=1)
         fig.add_scatter(x=[], y=[], name="val loss", mode="lines+markers", row=1, col=1)
         fig.add_scatter(x=[], y=[], name="lr", mode="lines", row=1, col=2, showlegend=False)
         fig.add_scatter(x=[], y=[], name="grad norm", mode="lines", row=1, col=3, showlegend=False)
-        fig.update_layout(height=300, margin=dict(l=40, r=10, t=40, b=30), legend=dict(orientation="h", y=-0.2))
         fig.update_xaxes(title_text="step")
-        self.chart = LiveChart(fig, static=static)
+        self.chart = LiveChart(styled(fig, height=320, legend_below=True), static=static)
         self.start_button = w.Button(description="Start", icon="play", button_style="success")
         self.stop_button = w.Button(description="Stop", icon="stop", button_style="warning")
         self.resume_button = w.Button(description="Resume", icon="forward")
         self.start_button.on_click(lambda _: self._guard(self.start))
         self.stop_button.on_click(lambda _: self._guard(self.stop))
         self.resume_button.on_click(lambda _: self._guard(self.resume))
-        self.progress = w.IntProgress(min=0, max=1, value=0, layout=w.Layout(width="400px"))
+        self.progress = w.IntProgress(min=0, max=1, value=0, layout=w.Layout(width="400px", min_width="120px",
+                                                                             flex="0 1 400px"))
         self.progress_label = w.HTML()
         self.status = w.HTML()
         self.warning = w.HTML()  # a collapse seen while training
         self.samples = w.HTML()
         self.root = w.VBox([w.HBox([self.start_button, self.stop_button, self.resume_button]),
-                            w.HBox([self.progress, self.progress_label]), self.status, self.warning, self.chart.widget,
-                            self.samples])
+                            w.HBox([self.progress, self.progress_label], layout=w.Layout(flex_flow="row wrap")),
+                            self.status, self.warning, self.chart.widget, self.samples], layout=full_width())
+        self._sync_buttons()
+
+    @property
+    def can_start(self):
+        """Start needs settings (form= or config=) and examples (builder= or data=): a monitor opened on a run
+        folder alone has neither, and does not offer it."""
+        return (self.form is not None or self.config is not None) and \
+            (self.builder is not None or self.data is not None)
+
+    def _sync_buttons(self):
+        on = button_states(self.can_start, self.busy, self.stopping, self.history.state, self.run_dir is not None)
+        for name, b in (("start", self.start_button), ("stop", self.stop_button), ("resume", self.resume_button)):
+            b.disabled = not on[name]
+        self.start_button.layout.display = None if self.can_start else "none"
 
     def _guard(self, fn):
         try:
