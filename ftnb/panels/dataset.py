@@ -89,11 +89,7 @@ class DatasetBuilder(Panel):
     @form.setter
     def form(self, form):
         """Show `form`'s val_fraction and seed (views of its fields: one value, its validation) and split with them."""
-        for view in self._split_views:
-            view.close()
-        if self._form is not None:
-            for name in SPLIT_FIELDS:
-                self._form.fields[name].unobserve(self._split_setting_changed, names="value")
+        self._unbind()
         if self._own_form is not None and form is not self._own_form:
             self._own_form.close()
             self._own_form = None
@@ -404,11 +400,16 @@ class DatasetBuilder(Panel):
         train, val = self.split()
         self.split_html.value = f"{plural(len(train), 'training example')}, {plural(len(val), 'validation example')}"
 
-    def close(self):
+    def _unbind(self):
         for view in self._split_views:
             view.close()
-        for name in SPLIT_FIELDS:
-            self._form.fields[name].unobserve(self._split_setting_changed, names="value")
+        if self._split_views:
+            for name in SPLIT_FIELDS:
+                self._form.fields[name].unobserve(self._split_setting_changed, names="value")
+        self._split_views = []
+
+    def close(self):
+        self._unbind()
         if self._own_form is not None:
             self._own_form.close()
         super().close()

@@ -86,6 +86,7 @@ class FieldView:
     def close(self):
         for link in self._links:
             link.unlink()
+        self._links = []  # closing twice (ipywidgets closes a widget again when it is collected) is harmless
         self.widget.close()
         self.error.close()
 
