@@ -39,6 +39,18 @@ def test_an_invalid_switch_shows_the_forms_message():
     assert form.config.kl_beta == 0.2 and form.fields["kl_beta"].comm is not None
 
 
+def test_presets_and_loaded_files_reach_the_views(tmp_path, qa_data):
+    form = ConfigForm()
+    panel, builder = ForgettingPanel(form=form), DatasetBuilder(autosave=None, form=form)
+    builder.load(qa_data)
+    form.apply_preset("low-forgetting")
+    assert (panel.switches["lora_r"].value, panel.switches["lora_targets"].value) == (8, "attention")
+    TrainConfig(model="tiny", kl_beta=3.0, val_fraction=0.5, seed=1).save(tmp_path / "c.json")
+    form.load(tmp_path / "c.json")
+    assert panel.switches["kl_beta"].value == 3.0 and (builder.val_fraction.value, builder.seed.value) == (0.5, 1)
+    assert builder.split_html.value == "12 training examples, 12 validation examples"
+
+
 def test_alone_a_panel_has_a_form_of_its_own_with_the_configs_defaults():
     defaults = TrainConfig()
     panel = ForgettingPanel()
