@@ -99,7 +99,7 @@ def estimate(cfg, tokens_per_epoch, device=None, measure=True):
             "memory_gb": {k: round(v / 1e9, 3) for k, v in mem.items()},
             "available_gb": round(avail / 1e9, 1) if avail else None,
             "fits": avail is None or mem["total"] < 0.9 * avail,
-            "tokens_per_s": round(tok_s) if tok_s else None,
+            "tokens_per_s": round(tok_s) if tok_s else None, "tokens_per_epoch": tokens_per_epoch,
             "seconds_per_epoch": _significant(tokens_per_epoch / tok_s) if tok_s else None}
 
 

@@ -11,16 +11,17 @@ import ipywidgets as w
 import plotly.graph_objects as go
 
 from ..core.batching import chat_segments, tokenize_data, tokenize_example
-from ..core.config import TrainConfig
 from ..core.data import ChatData, DataReport, load_examples, load_examples_from_bytes, peek_columns
 from ..core.errors import RowProblem
 from ..core.formats import FORMAT_COLUMNS, FORMAT_NAMES, normalise, resolve_format
 from ..core.function_calling import fallback_messages, supports_tools, uses_tools
 from ..core.durable import write_text
 from ..core.errors import DataError
+from .form import ConfigForm
 from ._common import SELECTED_ROW, TEXT, LiveChart, Panel, esc, full_width, message, plural, styled
 
 PAGE = 10
+SPLIT_FIELDS = ("val_fraction", "seed", "val_data")  # the form's settings the split preview follows
 
 
 def detected_columns(columns, fmt):
@@ -39,10 +40,14 @@ class DatasetBuilder(Panel):
     working copy), and a builder made again with the same autosave file (a re-run cell, a new kernel) restores it
     rather than reading the source again. No file is written unless asked."""
 
-    def __init__(self, examples=None, source="new dataset", autosave=None, tokenizer=None, model="default"):
+    def __init__(self, examples=None, source="new dataset", autosave=None, tokenizer=None, model="default", form=None):
+        """`form`: the ConfigForm whose val_fraction and seed the split preview shows and edits, and whose
+        max_seq_len, overlong and train_on the length check uses (None: a form of the builder's own, with
+        TrainConfig's defaults; `builder.form = form` links one later)."""
         self.autosave_path = Path(autosave) if autosave else None
         self.tokenizer, self.model_name = tokenizer, model
-        self.form = None  # a ConfigForm whose max_seq_len, overlong and train_on the length check uses
+        self._form = self._own_form = None
+        self._split_views, self._lengths = [], {}
         self.report = DataReport(source)
         self.examples = list(examples or [])
         self.restored = False
@@ -55,6 +60,7 @@ class DatasetBuilder(Panel):
         self.selected = 0
         self.page = 0
         self._build()
+        self.form = form
         self._refresh()
         if self.examples and not self.restored:
             self._save()
@@ -75,6 +81,27 @@ class DatasetBuilder(Panel):
         except DataError as e:  # shown in the panel, which offers a column mapping: the cell still draws it
             warnings.warn(f"ftnb: {e}", stacklevel=2)
         return b
+
+    @property
+    def form(self):
+        return self._form
+
+    @form.setter
+    def form(self, form):
+        """Show `form`'s val_fraction and seed (views of its fields: one value, its validation) and split with them."""
+        self._unbind()
+        if self._own_form is not None and form is not self._own_form:
+            self._own_form.close()
+            self._own_form = None
+        if form is None:
+            form = self._own_form = ConfigForm()
+        self._form = form
+        self._split_views = [form.field_view(name) for name in ("val_fraction", "seed")]
+        self.val_fraction, self.seed = (view.widget for view in self._split_views)
+        self.split_box.children = [w.VBox([view.widget, view.error]) for view in self._split_views]
+        for name in SPLIT_FIELDS:
+            form.fields[name].observe(self._split_setting_changed, names="value")
+        self._draw_split()
 
     # -- plain functions (the buttons call these) --
     @property
@@ -105,8 +132,8 @@ class DatasetBuilder(Panel):
 
     def check(self, max_seq_len=None, overlong=None, train_on=None):
         """The report with the rows measured by the model's tokenizer: which are longer than max_seq_len and what
-        happens to them (as training would do; defaults from the linked form, else TrainConfig's)."""
-        settings = self.form.values() if self.form is not None else TrainConfig().to_dict()
+        happens to them (as training would do; defaults from the form)."""
+        settings = self.form.values()
         report = copy.deepcopy(self.report)
         tokenize_data(ChatData(list(self.examples), report), self._tok(), max_seq_len or settings["max_seq_len"],
                       train_on or settings["train_on"], overlong or settings["overlong"])
@@ -137,8 +164,24 @@ class DatasetBuilder(Panel):
         self._refresh()
 
     def split(self, val_fraction=None, seed=None):
-        return self.dataset.split(self.val_fraction.value if val_fraction is None else val_fraction,
-                                  self.seed.value if seed is None else seed)
+        """(train, val) as training splits them when there is no val_data: with the form's val_fraction and seed
+        unless given."""
+        settings = self.form.values()
+        return self.dataset.split(settings["val_fraction"] if val_fraction is None else val_fraction,
+                                  settings["seed"] if seed is None else seed)
+
+    def token_count(self):
+        """Tokens of one epoch: the training side of the split, measured with the model's tokenizer (each example
+        measured once; the form's estimate asks for it in the Studio)."""
+        tok = self._tok()
+        if self._lengths.get("tokenizer") is not tok:
+            self._lengths = {"tokenizer": tok}
+        total = 0
+        for ex in self.split()[0].examples:
+            if id(ex) not in self._lengths:  # the example is kept beside its length, so its id is not reused
+                self._lengths[id(ex)] = (ex, len(tokenize_example(tok, ex, 10 ** 9)))
+            total += self._lengths[id(ex)][1]
+        return total
 
     def _check(self, messages, tools=None):
         try:
@@ -220,10 +263,8 @@ class DatasetBuilder(Panel):
         self.show_template.on_click(lambda _: self._guard(self._draw_tokens))
         self.hist = None  # built on first use: each plotly FigureWidget ships its own copy of plotly.js
         self.hist_box = w.VBox(layout=full_width())  # a column: the chart takes its width
-        self.val_fraction = w.FloatSlider(value=0.1, min=0, max=0.5, step=0.05, description="validation")
-        self.seed = w.IntText(value=42, description="seed")
+        self.split_box = w.HBox(layout=w.Layout(flex_flow="row wrap"))  # the form's val_fraction and seed (form=)
         self.split_html = w.HTML()
-        self.val_fraction.observe(lambda _: self._draw_split(), names="value")
         self.root = w.VBox([
             w.HBox([self.upload, self.hub_name, self.load_button]), self.status, self.format_html,
             w.HBox([self.format_choice, self.remap_button]), self.mapping_box,
@@ -232,7 +273,7 @@ class DatasetBuilder(Panel):
                                                        self.delete_button]), self.editor_msg,
             w.HTML("<b>Report</b>"), self.report_html, self.check_button,
             w.HBox([self.show_template]), self.template_html, self.hist_box,
-            w.HBox([self.val_fraction, self.seed], layout=w.Layout(flex_flow="row wrap")), self.split_html],
+            self.split_box, self.split_html],
             layout=full_width())
 
     def _guard(self, fn, *args):
@@ -343,12 +384,35 @@ class DatasetBuilder(Panel):
         self.report_html.value = (head + f'<pre style="max-height:220px;overflow:auto;font-size:0.85em;'
                                   f'white-space:pre-wrap">{esc(r.render(limit=200))}</pre>' + checked)
 
+    def _split_setting_changed(self, _change):
+        self._draw_split()
+
     def _draw_split(self):
-        if not self.examples:
+        error = self.form.error
+        if not self.examples or (error is not None and error.field in SPLIT_FIELDS):  # the view shows the message
             self.split_html.value = ""
+            return
+        val_data = self.form.values()["val_data"]
+        if val_data:
+            self.split_html.value = (f"{plural(len(self.examples), 'training example')}; validation examples from "
+                                     f"{esc(val_data)} (val_data)")
             return
         train, val = self.split()
         self.split_html.value = f"{plural(len(train), 'training example')}, {plural(len(val), 'validation example')}"
+
+    def _unbind(self):
+        for view in self._split_views:
+            view.close()
+        if self._split_views:
+            for name in SPLIT_FIELDS:
+                self._form.fields[name].unobserve(self._split_setting_changed, names="value")
+        self._split_views = []
+
+    def close(self):
+        self._unbind()
+        if self._own_form is not None:
+            self._own_form.close()
+        super().close()
 
     def _draw_tokens(self):
         if not self.examples:

@@ -8,7 +8,6 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..core.config import TrainConfig
 from ..core.forgetting import read_probe_step
 from ..core.metrics import History
 from ..core.paired import points
@@ -16,20 +15,18 @@ from ..core.probe import ProbeSuite
 from ..core.rundir import RunDir
 from ..core.saved import best_step
 from ._common import TEXT, LiveChart, Panel, esc, fill_column, full_width, message, styled
-from .form import label
+from .form import ConfigForm
 
-MITIGATIONS = [  # (field, widget kind, one line)
-    ("replay_fraction", "slider", "Replay: mix this share of general examples into training; keeps general skills, "
-                                  "costs that much more compute."),
-    ("kl_beta", "float", "KL-to-base: penalise drifting from the base model's answers on general prompts "
-                         "(0.05-0.5)."),
-    ("l2sp_alpha", "float", "L2-SP (full fine-tuning): pull every weight back toward its starting value."),
-    ("min_retention", "slider", "Forgetting budget: the best checkpoint must keep at least this share of the "
-                                "baseline accuracy."),
-    ("budget_action", "choice", "Below budget: 'mark' keeps training (best checkpoint stays within budget), "
-                                "'stop' stops the run."),
-    ("lora_r", "int", "LoRA rank: lower rank and fewer target layers forget less and learn less."),
-    ("lora_targets", "text", "LoRA targets: 'attention' forgets less than 'all-linear'."),
+MITIGATIONS = [  # (field, one line); each switch is a view of the form's field (ConfigForm.field_view)
+    ("replay_fraction", "Replay: mix this share of general examples into training; keeps general skills, costs that "
+                        "much more compute."),
+    ("kl_beta", "KL-to-base: penalise drifting from the base model's answers on general prompts (0.05-0.5)."),
+    ("l2sp_alpha", "L2-SP (full fine-tuning): pull every weight back toward its starting value."),
+    ("min_retention", "Forgetting budget: the best checkpoint must keep at least this share of the baseline accuracy."),
+    ("budget_action", "Below budget: 'mark' keeps training (best checkpoint stays within budget), 'stop' stops the "
+                      "run."),
+    ("lora_r", "LoRA rank: lower rank and fewer target layers forget less and learn less."),
+    ("lora_targets", "LoRA targets: 'attention' forgets less than 'all-linear'."),
 ]
 
 
@@ -50,10 +47,16 @@ def headline(s):
 
 
 class ForgettingPanel(Panel):
-    """probe = ForgettingPanel(monitor) (live) or ForgettingPanel(run_dir=path); probe.summary -> last summary."""
+    """probe = ForgettingPanel(monitor) (live) or ForgettingPanel(run_dir=path); probe.summary -> last summary.
+
+    The mitigation switches are views of `form`'s fields (else the monitor's form; else a ConfigForm of the panel's
+    own, with TrainConfig's defaults: `probe.form.config`)."""
 
     def __init__(self, monitor=None, run_dir=None, form=None, items_path="ftnb-probe-items.jsonl", static=None):
-        self.monitor, self.form = monitor, form or (monitor.form if monitor is not None else None)
+        self.monitor = monitor
+        form = form or (monitor.form if monitor is not None else None)
+        self._own_form = None if form is not None else ConfigForm()
+        self.form = form or self._own_form
         self.run_dir = RunDir(run_dir) if run_dir else None
         self.items_path = Path(items_path)
         self.suite = ProbeSuite.default()
@@ -89,15 +92,12 @@ class ForgettingPanel(Panel):
     def _append_item(self, item):
         with open(self.items_path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(item, ensure_ascii=False) + "\n")
-        if self.form is not None:
-            self.form.fields["probe_items"].value = str(self.items_path)
+        self.form.fields["probe_items"].value = str(self.items_path)
         n = sum(1 for line in self.items_path.read_text(encoding="utf-8").splitlines() if line.strip())
         self.items_msg.value = message("ok", f"{n} items of your own in {self.items_path} (used by the next run)")
 
     def set_mitigation(self, name, value):
         """Write a mitigation setting into the form (the form validates it and holds the config)."""
-        if self.form is None:
-            raise ValueError("no form: pass form= (or a monitor with a form) to change settings")
         self.form.fields[name].value = value
 
     # -- live --
@@ -197,29 +197,16 @@ class ForgettingPanel(Panel):
         def column():  # the two item forms side by side, stacked when the panel is narrow
             return w.Layout(flex="1 1 320px", min_width="0", max_width="640px", margin="0 12px 0 0")
         rows = []
-        help_ = TrainConfig.field_help()
-        self.switches = {}
-        for name, kind, line in MITIGATIONS:
-            meta = help_[name]
-            kw = {"value": meta["default"], "description": label(name, meta), "style": {"description_width": "140px"},
-                  "layout": w.Layout(width="360px", max_width="100%", flex="0 0 auto")}  # keeps its width; help wraps
-            if kind == "slider":
-                widget = w.FloatSlider(min=0, max=0.5 if name == "replay_fraction" else 1.0, step=0.05, **kw)
-            elif kind == "choice":
-                widget = w.Dropdown(options=list(meta["choices"]), **kw)
-            elif kind == "int":
-                widget = w.IntText(**kw)
-            elif kind == "text":
-                widget = w.Text(**kw)
-            else:
-                widget = w.FloatText(**kw)
-            widget.tooltip = meta["help"]
-            if self.form is not None:  # one source of truth: the switch mirrors the form's field both ways
-                w.link((widget, "value"), (self.form.fields[name], "value"))
-            self.switches[name] = widget
-            rows.append(w.HBox([widget, w.HTML(f"<span class='ftnb-help' style='color:{TEXT['help']};font-size:0.9em'>"
+        self.views = {name: self.form.field_view(name, width="360px", description_width="140px")
+                      for name, _ in MITIGATIONS}
+        self.switches = {name: view.widget for name, view in self.views.items()}
+        for name, line in MITIGATIONS:
+            view = self.views[name]
+            view.widget.layout.max_width, view.widget.layout.flex = "100%", "0 0 auto"  # keeps its width; help wraps
+            rows.append(w.VBox([w.HBox([view.widget,
+                                        w.HTML(f"<span class='ftnb-help' style='color:{TEXT['help']};font-size:0.9em'>"
                                                f"{esc(line)}</span>", layout=w.Layout(flex="1 1 0", min_width="0"))],
-                               layout=w.Layout(flex_flow="row wrap", width="100%")))
+                                       layout=w.Layout(flex_flow="row wrap", width="100%")), view.error]))
         self.root = w.VBox([self.headline, self.chart.widget, self.categories_chart.widget, w.HBox([self.flips]), w.HTML("<b>Base versus now</b>"),
                             self.answers, w.HTML("<b>Your own probe items</b>"),
                             w.HBox([w.VBox([self.mc_question, self.mc_choices, self.mc_answer, self.add_mc_button],
@@ -304,4 +291,8 @@ class ForgettingPanel(Panel):
     def close(self):
         if self.monitor is not None and self._on_event in self.monitor.listeners:
             self.monitor.listeners.remove(self._on_event)
+        for view in self.views.values():
+            view.close()
+        if self._own_form is not None:
+            self._own_form.close()
         super().close()

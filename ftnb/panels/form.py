@@ -33,6 +33,8 @@ def duration(seconds):
 CUSTOM = "(your own settings)"  # the preset dropdown when the settings came from no preset
 GROUPS = [("model", "Model"), ("lora", "LoRA adapters"), ("data", "Data"), ("training", "Training"),
           ("forgetting", "Forgetting: probe and mitigations"), ("runtime", "Run")]
+NO_DATA = ("time: needs the data's size (show_estimate(tokens_per_epoch=...), or estimate in the Studio, whose "
+           "Data tab counts its tokens)")
 MODEL_CHOICES = ["default", "tiny", "HuggingFaceTB/SmolLM2-360M-Instruct", "Qwen/Qwen2.5-0.5B-Instruct"]
 
 
@@ -66,6 +68,29 @@ def _widget(name, meta, value):
     return w.Text(value=value, **kw)
 
 
+class FieldView:
+    """Another panel's view of one TrainConfig field: a widget made as the form makes its own (same kind, no range of
+    its own), bound to the form's widget so there is one value, and the form's message for that field below it
+    (`widget`, `error`). close() unbinds and closes the view; the form's widget stays."""
+
+    def __init__(self, form, name, width=None, description_width=None):
+        meta = form.meta[name]
+        self.name, self.widget, self.error = name, _widget(name, meta, meta["default"]), w.HTML()
+        if width:
+            self.widget.layout.width = width
+        if description_width and hasattr(self.widget.style, "description_width"):
+            self.widget.style.description_width = description_width
+        self._links = [w.link((form.fields[name], "value"), (self.widget, "value")),  # the form's value first
+                       w.dlink((form.errors[name], "value"), (self.error, "value"))]
+
+    def close(self):
+        for link in self._links:
+            link.unlink()
+        self._links = []  # closing twice (ipywidgets closes a widget again when it is collected) is harmless
+        self.widget.close()
+        self.error.close()
+
+
 def _read(widget, meta):
     v = widget.value
     if "item_choices" in meta:
@@ -86,7 +111,7 @@ class ConfigForm(Panel):
         if config is None and os.environ.get("FTNB_DEFAULT_MODEL"):  # CI and demos point the form at another model
             cfg = cfg.replace(model=os.environ["FTNB_DEFAULT_MODEL"])
         self._config, self.error = cfg, None
-        self.estimate_tokens = estimate_tokens  # tokens per epoch, set by the dataset builder
+        self.estimate_tokens = estimate_tokens  # tokens per epoch, or a function that counts them (the Studio's Data tab)
         self.fields, self.errors = {}, {}
         sections = []
         for group, title in GROUPS:
@@ -125,6 +150,11 @@ class ConfigForm(Panel):
                             w.HBox([self.path, self.save_button, self.load_button])], layout=full_width())
 
     # -- state in and out --
+    def field_view(self, name, width=None, description_width=None):
+        """A view of field `name` for another panel (the forgetting panel's switches, the Data tab's split): same
+        widget kind as here, bound to this form's, with this form's validation message. Close it with the panel."""
+        return FieldView(self, name, width, description_width)
+
     def values(self):
         return {name: _read(widget, self.meta[name]) for name, widget in self.fields.items()}
 
@@ -199,6 +229,8 @@ class ConfigForm(Panel):
     def show_estimate(self, tokens_per_epoch=None):
         from ..core.estimate import estimate
         tokens = tokens_per_epoch or self.estimate_tokens or 0
+        if callable(tokens):
+            tokens = tokens()
         est = estimate(self.config, tokens)
         m = est["memory_gb"]
         parts = ", ".join(f"{k} {m[k]:.2f} GB" for k in ("weights", "gradients", "optimizer", "activations"))
@@ -209,6 +241,8 @@ class ConfigForm(Panel):
         if tokens and est["seconds_per_epoch"] is not None:
             lines.append(f"time: about {duration(est['seconds_per_epoch'])} per epoch "
                          f"({tokens:,} tokens at ~{est['tokens_per_s']:,} tokens/s)")
+        elif not tokens:
+            lines.append(NO_DATA)
         if self.config.probe:
             lines.append("forgetting probe: one pass took 24-31 s on 2 CPU cores for the 135M default model "
                          "(measured; the forgetting panel shows this run's own pass time)")

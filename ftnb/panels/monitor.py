@@ -36,6 +36,8 @@ class TrainingMonitor(Panel):
 
     def __init__(self, config=None, data=None, form=None, builder=None, static=None, redraw_interval=0.5):
         self.config, self.data, self.form, self.builder = config, data, form, builder
+        if form is not None and builder is not None and builder.form is not form:
+            builder.form = form  # the Data tab's split preview shows the split this form's runs make
         self.run = None                 # the live core Run (training in this kernel)
         self.run_dir = None             # RunDir being shown
         self.history = History()

@@ -20,11 +20,10 @@ class Studio(Panel):
     def __init__(self, data=None, preset="quick-cpu-demo", config=None, runs_dir=None, autosave=None):
         """`data`: what the Data tab starts with (default: the bundled Luigi's Corner examples); `autosave`: a JSONL
         file that keeps the Data tab's examples and edits, restored when the Studio is made again."""
-        self.builder = DatasetBuilder.from_source(bundled("pizza_demo.jsonl") if data is None else data,
-                                                  autosave=autosave)
         self.form = ConfigForm(config=config, preset=None if config else preset)
-        self.builder.form = self.form
-        self.builder.model_name = self.form.values()["model"]  # the token view uses the form's model's tokenizer
+        self.builder = DatasetBuilder.from_source(bundled("pizza_demo.jsonl") if data is None else data,
+                                                  autosave=autosave, form=self.form, model=self.form.values()["model"])
+        self.form.estimate_tokens = self.builder.token_count  # counted when asked: the Data tab's examples then
         self.form.fields["model"].observe(self._model_changed, names="value")
         self.monitor = TrainingMonitor(form=self.form, builder=self.builder)
         self.forgetting = ForgettingPanel(self.monitor, form=self.form)
