@@ -228,7 +228,7 @@ def test_the_token_view_shows_calls_and_results_and_highlights_the_assistant(tmp
     b.load([row, {"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]}])
     html = b.render_html(0)
     assert "<script>" not in html and "fallback format" in html
-    marks = [part.split("</mark>")[0] for part in html.split('<mark style="background:#c8e6c9">')[1:]]
+    marks = [part.split("</mark>")[0] for part in html.split('<mark style="background:rgba(76,175,80,0.35);color:inherit">')[1:]]
     assert marks == ['&lt;tool_call&gt;\n{&quot;name&quot;: &quot;get_weather&quot;, &quot;arguments&quot;: '
                      '{&quot;city&quot;: &quot;&lt;script&gt;alert(1)&lt;/script&gt;&quot;}}\n&lt;/tool_call&gt;'
                      '&lt;|im_end|&gt;\n', '21 degrees in &lt;script&gt;alert(1)&lt;/script&gt;.&lt;|im_end|&gt;\n']
