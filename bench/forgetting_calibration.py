@@ -36,6 +36,16 @@ RUNS = {  # name: (what it is, changes to the quick-cpu-demo preset or a preset 
 }
 
 
+def cpu_name():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def config(name, output_dir):
     changes = dict(RUNS[name][1])
     preset = changes.pop("preset", "quick-cpu-demo")
@@ -187,7 +197,7 @@ def main():
         return
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {"runs": []}
-    results.update(date=date.today().isoformat(), machine=f"{platform.processor() or platform.machine()}, "
+    results.update(date=date.today().isoformat(), machine=f"{cpu_name()}, "
                    f"{__import__('os').cpu_count()} cores", arc=str(args.arc))
     done = {r["name"] for r in results["runs"]}
     for name in args.only:

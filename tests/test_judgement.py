@@ -68,3 +68,12 @@ def test_a_collapse_is_never_silent(tmp_path, action):
         assert st["state"] == "finished"
     from ftnb.panels import TrainingMonitor
     assert "collapse" in TrainingMonitor.open(run.run_dir.path).warning.value
+
+
+def test_the_first_collapse_warning_is_kept(tmp_path):
+    from ftnb.core.run import Run
+    run = Run(ftnb.TrainConfig(model="tiny", output_dir=str(tmp_path)), tmp_path / "r")
+    run.warn("collapse: the validation loss 16.19 is far above its best 4.51", 21)
+    run.warn("collapse: 8 of 8 answers degenerate (empty)", 70)  # later, and worse: the start matters more
+    assert run.warning == "collapse: the validation loss 16.19 is far above its best 4.51 (step 21)"
+    assert not run.stop_event.is_set()  # budget_action "mark" and no early stopping: training goes on

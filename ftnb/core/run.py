@@ -53,7 +53,9 @@ class Run:
 
     def warn(self, warning, step):
         """Record a collapse warning; with a forgetting budget that stops (budget_action="stop") or early stopping
-        set, the run stops with it as the reason."""
+        set, the run stops with it as the reason. The first warning is kept: it says when the collapse began."""
+        if self.warning is not None:
+            return
         self.warning = f"{warning} (step {step})"
         if self.config.budget_action == "stop" or self.config.early_stopping_patience:
             self.stop_reason = self.warning
