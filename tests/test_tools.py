@@ -286,7 +286,9 @@ def test_random_tool_rows_load_render_and_round_trip_or_are_row_problems(tok, ro
     if not len(data):
         return
     back = load_examples([json.loads(line) for line in data.to_jsonl().split("\n")[:-1]], fix_encoding=False)
-    assert [(e.messages, e.tools) for e in back] == [(e.messages, e.tools) for e in data]
+    # compared as JSON text: a NaN among the arguments is never equal to itself, but it round-trips
+    same = lambda d: [json.dumps([e.messages, e.tools], sort_keys=True) for e in d]  # noqa: E731
+    assert same(back) == same(data)
     for ex in data:
         segments = chat_segments(tok, ex.messages, ex.tools)
         assert "".join(t for t, _ in segments) == tok.apply_chat_template(fallback_messages(ex.messages, ex.tools),
