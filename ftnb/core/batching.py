@@ -186,6 +186,7 @@ class Batch:
     n_targets: int
     target_index: torch.Tensor  # positions t with labels[t] != IGNORE (found on the host: no GPU sync)
     targets: torch.Tensor       # labels at those positions
+    starts: tuple = ()          # where each example begins, then T (attention.segments_attention's spans)
 
     def to(self, device):
         if device.type == "cpu":
@@ -197,16 +198,17 @@ class Batch:
 
 def pack(examples):
     """One row of concatenated examples, no padding."""
-    ids, pos, labels = [], [], []
+    ids, pos, labels, starts = [], [], [], []
     for ex in examples:
         n = len(ex.ids)
+        starts.append(len(ids))
         ids += ex.ids
         pos += range(n)
         labels += [ex.ids[t + 1] if ex.mask[t + 1] else IGNORE for t in range(n - 1)] + [IGNORE]
     index = [t for t, x in enumerate(labels) if x != IGNORE]
     t = lambda x: torch.tensor([x], dtype=torch.long)  # noqa: E731
     return Batch(t(ids), t(pos), t(labels), len(ids), len(index), torch.tensor(index, dtype=torch.long),
-                 torch.tensor([labels[i] for i in index], dtype=torch.long))
+                 torch.tensor([labels[i] for i in index], dtype=torch.long), tuple(starts + [len(ids)]))
 
 
 def micro_batches(examples, max_tokens):

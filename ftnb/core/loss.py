@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from .attention import uses_segments
+
 CHUNK = 4096                 # target positions per output-layer chunk
 RECOMPUTE_ELEMENTS = 2 ** 26  # keep chunk logits smaller than this (256 MB in fp32) for backward, else recompute
 
@@ -33,11 +35,13 @@ def _chunk_ce(head, hidden, targets):
 def loss_sum(model, batch, parts=None):
     """Sum of next-token cross-entropy over the batch's targets (divide by the step's target count outside)."""
     parts = parts if parts is not None else split_head(model)
+    kw = {"cu_seq_lens_q": batch.starts} if batch.starts and uses_segments(model) else {}
     if parts is None:
-        logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).logits
+        logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False, **kw).logits
         return F.cross_entropy(logits[0].float(), batch.labels[0], ignore_index=-100, reduction="sum")
     backbone, head = parts
-    hidden = backbone(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).last_hidden_state[0]
+    hidden = backbone(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False,
+                      **kw).last_hidden_state[0]
     hidden, targets = hidden.index_select(0, batch.target_index), batch.targets
     total = hidden.new_zeros((), dtype=torch.float32)
     vocab = head.weight.shape[0]

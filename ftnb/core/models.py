@@ -332,7 +332,7 @@ def load_model(name="default", device="cpu", dtype=torch.float32, trust_remote_c
     path = resolve_model(name, trust_remote_code=trust_remote_code)
     check_safe_folder(path, allow_pickle)
     tok = load_tokenizer(path, trust_remote_code)
-    kw = {} if attn == "auto" else {"attn_implementation": attn}
+    kw = {} if attn in ("auto", "segments") else {"attn_implementation": attn}  # segments: set by prepare_model
     if quantize != "none":  # a quantised model is placed while loading and cannot be moved afterwards
         kw.update(quantization_config=bnb_config(quantize, dtype), device_map={"": str(device)})
     with LOAD_LOCK:

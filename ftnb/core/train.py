@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
+from .attention import use_segments
 from .batching import StepPlan, pack, tokenize_data
 from .config import TrainConfig
 from .data import ChatData, DataReport, load_examples
@@ -118,6 +119,9 @@ def prepare_model(cfg, device, base_model=None):
     else:
         model, tok, path = load_model(cfg.model, device, dtype, cfg.trust_remote_code, attn=cfg.attn_implementation,
                                       quantize=cfg.quantize)
+    if cfg.attn_implementation == "segments" or (cfg.attn_implementation == "auto" and device.type == "cpu"
+                                                  and not cfg.compile):
+        use_segments(model)  # attention.py; a model whose architecture does not take it keeps SDPA
     if cfg.quantize != "none":  # QLoRA: norms and embeddings in fp32, inputs that carry gradients to the adapters
         from peft import prepare_model_for_kbit_training
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
