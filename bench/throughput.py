@@ -1,16 +1,20 @@
-"""Side-by-side throughput: ftnb's loop against the HF `Trainer` + peft, in one process, same model/data/settings.
+"""Side-by-side throughput: ftnb's loop against the peers a user would otherwise run, in one process, on the same data.
 
-    python bench/throughput.py                      # CPU: a small shape; CUDA: SmolLM2-135M and -1.7B shapes
-    python bench/throughput.py --shapes small --methods lora full --steps 12 --warm 4
+    python bench/throughput.py                      # CPU: the small and SmolLM2-135M shapes; CUDA: 135M and 1.7B
+    python bench/throughput.py --shapes small --mixes chat --methods lora --steps 6 --warm 2
 
-Data: random token sequences with log-normal lengths (median about 180, capped at 1024), the mix of
-shared/bench/hf_trainer_peer.py. The Trainer pads each batch to its longest sequence (as users run it); ftnb packs the
-same sequences without padding. Both see the same batches in the same order, from the same initial weights, with
-LoRA r=16/alpha=32 on all linear layers (no dropout), AdamW, cosine schedule, 2 warm-up steps, bf16 on CUDA.
+Peers (bench/peers.py): transformers' Trainer + peft padding each batch; the Trainer with DataCollatorWithFlattening
+(padding-free); TRL's SFTTrainer with padding_free=True and assistant_only_loss=True. Every side sees the same batches
+in the same order, from the same initial weights, with LoRA r=16/alpha=32 on all linear layers (no dropout), AdamW,
+cosine schedule, 2 warm-up steps, clipping at 1.0, bf16 on CUDA, fp32 on a CPU.
+
+Two length mixes (`--mixes`):
+  random  random tokens, log-normal lengths (median about 180, capped at 1024), every token trained: the mix of
+          shared/bench/hf_trainer_peer.py
+  chat    chat examples with the loss on the answers only, shaped like public instruction sets (see chat_mix)
 Prints one JSON line per measurement and a table at the end; `--json FILE` saves them.
 """
 import argparse
-import functools
 import gc
 import json
 import math
@@ -41,9 +45,48 @@ def lengths(n, seed=0):
     return torch.exp(torch.randn(n, generator=g) * 0.7 + math.log(180)).clamp(16, 1024).long().tolist()
 
 
-def make_sequences(n, vocab):
+# chat_mix's sources: (share, turns (low, high), median user-turn tokens, median answer tokens). The medians follow the
+# per-dataset mean prompt and completion lengths that Wang et al. report in Table 1 of "How Far Can Camels Go?"
+# (2023, arXiv:2306.04751; Llama tokens): single-turn instruction sets such as Dolly and Alpaca (prompts of about
+# 30-120 tokens, answers of 65-90), OpenAssistant (about 1.6 turns, 35-token prompts, 210-token answers) and ShareGPT
+# (about 3.2 turns of several hundred answer tokens). Log-normal spread (sigma 0.8) around each median.
+CHAT_SOURCES = [(0.4, (1, 1), 70, 80), (0.3, (1, 2), 35, 210), (0.3, (2, 5), 70, 340)]
+SYSTEM, USER_OVERHEAD, ANSWER_HEAD, ANSWER_END = 20, 5, 3, 2  # SmolLM2's ChatML: system block, per-turn tokens
+
+
+def chat_mix(n, vocab, max_len=1024, seed=2):
+    """(ids, mask) of n chat examples rendered as SmolLM2's template would: a system block, then user turns and
+    answers; mask marks the answers and their end-of-turn tokens, the only targets. An example keeps its turns up to
+    the last answer that fits in max_len (ftnb's overlong='turns'); a first answer that does not fit is cut."""
+    g = torch.Generator().manual_seed(seed)
+    draw = lambda median: max(1, int(math.exp(torch.randn((), generator=g).item() * 0.8) * median))  # noqa: E731
+    out = []
+    for _ in range(n):
+        u, acc = torch.rand((), generator=g).item(), 0.0
+        for share, (lo, hi), user, answer in CHAT_SOURCES:
+            acc += share
+            if u <= acc:
+                break
+        turns = int(torch.randint(lo, hi + 1, (), generator=g))
+        mask = [False] * SYSTEM
+        for t in range(turns):
+            turn = [False] * (USER_OVERHEAD + draw(user) + ANSWER_HEAD) + [True] * (draw(answer) + ANSWER_END)
+            if len(mask) + len(turn) > max_len:
+                if t == 0:
+                    mask = (mask + turn)[:max_len]
+                break
+            mask += turn
+        ids = torch.randint(0, vocab, (len(mask),), generator=g).tolist()
+        out.append((ids, mask))
+    return out
+
+
+def make_data(mix, n, vocab):
+    if mix == "chat":
+        return chat_mix(n, vocab)
     g = torch.Generator().manual_seed(1)
-    return [torch.randint(0, vocab, (L,), generator=g).tolist() for L in lengths(n)]
+    return [(ids, [True] * len(ids)) for ids in (torch.randint(0, vocab, (L,), generator=g).tolist()
+                                                 for L in lengths(n))]
 
 
 def build_model(shape, device, attn="auto"):
@@ -61,42 +104,38 @@ def flops_per_token(model_cfg, n_params, method, avg_len):
 
 
 def curve_gap(ours, peer, warm):
-    """Largest gap between ftnb's logged losses (each the mean over `warm` steps) and the Trainer's per-step losses
-    averaged over the same steps: the two runs see the same batches in the same order from the same weights."""
+    """Largest gap between ftnb's logged losses (each the mean over `warm` steps) and a peer's per-step losses
+    averaged over the same steps: the runs see the same batches in the same order from the same weights. (ftnb's
+    window mean is over the window's targets, the peer's over its steps: equal when the steps carry equal targets.)"""
     windows = [peer[k * warm:(k + 1) * warm] for k in range(len(ours))]
     return max(abs(loss - sum(w) / len(w)) for loss, w in zip(ours, windows))
 
 
-def order(n_seqs, batch, steps, seed):
-    from ftnb.core.batching import StepPlan
-    plan = StepPlan(n_seqs, batch, epochs=1, max_steps=steps, seed=seed)
-    return [plan.indices(s) for s in range(steps)]
-
-
-def run_ftnb(shape, method, seqs, batch, steps, warm, device, lr, compile=False, attn="auto"):
+def run_ftnb(shape, method, data, batch, steps, warm, device, lr, compile=False, attn="auto"):
     import ftnb
     from ftnb.core.batching import Tokenized
     from ftnb.core.data import ChatData, DataReport
     from ftnb.core.formats import Example
-    model = build_model(shape, device, attn)
+    model = build_model(shape, device)
     n_params = sum(p.numel() for p in model.parameters())
-    data = ChatData([Example(text="x", row=i + 1) for i in range(len(seqs))], DataReport("bench"))
-    data.tokenized = [Tokenized(s, [True] * len(s), i + 1) for i, s in enumerate(seqs)]
+    chat = ChatData([Example(text="x", row=i + 1) for i in range(len(data))], DataReport("bench"))
+    chat.tokenized = [Tokenized(ids, mask, i + 1) for i, (ids, mask) in enumerate(data)]
     with tempfile.TemporaryDirectory() as out:
         cfg = ftnb.TrainConfig(model="bench-random", method=method, lora_r=16, lora_alpha=32, lora_dropout=0.0,
                                batch_size=batch, max_steps=steps, learning_rate=lr, warmup_steps=2, max_grad_norm=1.0,
                                log_every=warm, val_fraction=0, save_every=10 ** 9, max_seq_len=1024,
-                               output_dir=out, device=str(device), seed=0, probe=False, compile=compile)
+                               output_dir=out, device=str(device), seed=0, probe=False, compile=compile,
+                               attn_implementation=attn)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        run = ftnb.train(cfg, data, base_model=(model, _Tok()))
+        run = ftnb.train(cfg, chat, base_model=(model, _Tok()))
         logs = [m for m in run.metrics() if "loss" in m]
         peak = torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None
     a, b = next(m for m in logs if m["step"] == warm), logs[-1]
     tok_s = tokens_per_s(a, b)
     del run, model
-    return dict(impl="ftnb", tok_s=tok_s, peak_gb=peak, loss=b["loss"], losses=[m["loss"] for m in logs],
-                n_params=n_params, seconds=b["train_s"] - a["train_s"])
+    return dict(impl="ftnb" if attn == "auto" else f"ftnb-{attn}", tok_s=tok_s, peak_gb=peak, loss=b["loss"],
+                losses=[m["loss"] for m in logs], n_params=n_params, seconds=b["train_s"] - a["train_s"], pad_share=0.0)
 
 
 def tokens_per_s(first, last):
@@ -112,87 +151,30 @@ class _Tok:
         pass
 
 
-def run_trainer(shape, method, seqs, batch, steps, warm, device, lr):
-    from peft import LoraConfig, get_peft_model
-    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
-    model = build_model(shape, device)
-    n_params = sum(p.numel() for p in model.parameters())
-    if method == "lora":
-        torch.manual_seed(0)
-        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
-                                                 task_type="CAUSAL_LM"))
-    batches = order(len(seqs), batch, steps, seed=0)
-    ordered = [seqs[i] for b in batches for i in b]
+def run_peer(impl, shape, method, data, batch, steps, warm, device, lr):
+    import peers
+    return peers.run(impl, build_model(shape, device), method, data, batch, steps, warm, device, lr)
 
-    class DS(torch.utils.data.Dataset):
-        def __len__(self):
-            return len(ordered)
 
-        def __getitem__(self, i):
-            return {"input_ids": ordered[i]}
-
-    def collate(items):  # pad to the longest in the batch, as users do
-        L = max(len(x["input_ids"]) for x in items)
-        ids = torch.zeros(len(items), L, dtype=torch.long)
-        att = torch.zeros(len(items), L, dtype=torch.long)
-        for i, x in enumerate(items):
-            ids[i, :len(x["input_ids"])] = torch.tensor(x["input_ids"])
-            att[i, :len(x["input_ids"])] = 1
-        return {"input_ids": ids, "attention_mask": att, "labels": ids.masked_fill(att == 0, -100)}
-
-    class Timer(TrainerCallback):
-        t0 = t1 = None
-        losses = []
-
-        def on_step_begin(self, args, state, control, **kw):
-            if state.global_step == warm:
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                Timer.t0 = time.perf_counter()
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            if logs and "loss" in logs:
-                Timer.losses.append(logs["loss"])
-
-    class InOrder(Trainer):  # the same batches, in the same order, as ftnb's plan
-        def _get_train_sampler(self, *a, **k):
-            return torch.utils.data.SequentialSampler(self.train_dataset)
-
-    with tempfile.TemporaryDirectory() as out:
-        args = TrainingArguments(output_dir=out, per_device_train_batch_size=batch, max_steps=steps, learning_rate=lr,
-                                 bf16=device.type == "cuda", logging_steps=1, save_strategy="no", report_to=[],
-                                 optim="adamw_torch_fused" if device.type == "cuda" else "adamw_torch",
-                                 dataloader_num_workers=0, disable_tqdm=True, remove_unused_columns=False,
-                                 lr_scheduler_type="cosine", warmup_steps=2, max_grad_norm=1.0, use_cpu=device.type == "cpu")
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        tr = InOrder(model=model, args=args, train_dataset=DS(), data_collator=collate, callbacks=[Timer()])
-        tr.remove_callback(PrinterCallback)  # it prints every log dict
-        tr.train()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - Timer.t0
-        peak = torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None
-    timed = [seqs[i] for b in batches[warm:] for i in b]
-    real = sum(map(len, timed))
-    padded = sum(max(len(seqs[i]) for i in b) * len(b) for b in batches[warm:])
-    del tr, model
-    return dict(impl="trainer", tok_s=real / dt, peak_gb=peak, loss=Timer.losses[-1], losses=list(Timer.losses),
-                n_params=n_params, pad_share=1 - real / padded, seconds=dt)
+PADDING_FREE = ("trainer-flat", "trl")  # the peers a speed-minded user picks; the table's ratio is to the fastest
 
 
 def main(argv=None):
     cuda = torch.cuda.is_available()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shapes", nargs="+", default=["smollm2-135m", "smollm2-1.7b"] if cuda else ["small"],
+    ap.add_argument("--shapes", nargs="+", default=["smollm2-135m", "smollm2-1.7b"] if cuda else ["small", "smollm2-135m"],
                     choices=list(SHAPES))
+    ap.add_argument("--mixes", nargs="+", default=["random", "chat"], choices=["random", "chat"])
     ap.add_argument("--methods", nargs="+", default=["lora", "full"], choices=["lora", "full"])
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=50 if cuda else 8)
-    ap.add_argument("--warm", type=int, default=10 if cuda else 4)
+    ap.add_argument("--impls", nargs="+", default=["trainer", "trainer-flat", "trl", "ftnb"],
+                    choices=["trainer", "trainer-flat", "trl", "ftnb", "ftnb-sdpa"],
+                    help="ftnb-sdpa: ftnb with attn_implementation='sdpa' (the packed row under one mask)")
+    ap.add_argument("--batch", type=int, default=16 if cuda else 8)
+    ap.add_argument("--steps", type=int, default=50 if cuda else 6)
+    ap.add_argument("--warm", type=int, default=10 if cuda else 2)
     ap.add_argument("--compile", action="store_true", help="ftnb with compile=True (torch.compile of each layer)")
-    ap.add_argument("--attn", default="auto", choices=["auto", "sdpa", "flex_attention", "eager"],
-                    help="ftnb's attention kernel (the Trainer keeps SDPA)")
+    ap.add_argument("--attn", default="auto", choices=["auto", "segments", "sdpa", "flex_attention", "eager"],
+                    help="ftnb's attention (the peers keep SDPA); 'auto': per-example SDPA on a CPU")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args(argv)
     assert args.steps % args.warm == 0, "--steps must be a multiple of --warm (ftnb logs every --warm steps)"
@@ -203,49 +185,66 @@ def main(argv=None):
     machine = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
     results = []
     for shape in args.shapes:
-        for method in args.methods:
-            if shape == "smollm2-1.7b" and method == "full":
-                continue  # the peer measured 1.7B with LoRA only
-            seqs = make_sequences(args.batch * args.steps, 49152)
-            lr = 2e-4 if method == "lora" else 2e-5
-            for fn in (run_trainer, functools.partial(run_ftnb, compile=args.compile, attn=args.attn)):
-                try:
-                    r = fn(shape, method, seqs, args.batch, args.steps, args.warm, device, lr)
-                except torch.OutOfMemoryError:
-                    r = dict(impl="trainer" if fn is run_trainer else "ftnb", error="out of memory")
-                gc.collect()
-                if cuda:
-                    torch.cuda.empty_cache()
-                r.update(shape=shape, method=method, batch=args.batch, steps=args.steps, device=machine,
-                         date=time.strftime("%Y-%m-%d"))
-                if "tok_s" in r and device.type in PEAK_FLOPS:
-                    from transformers import LlamaConfig
-                    mc = LlamaConfig(vocab_size=49152, **SHAPES[shape])
-                    avg = sum(map(len, seqs)) / len(seqs)
-                    r["mfu"] = r["tok_s"] * flops_per_token(mc, r["n_params"], method, avg) / PEAK_FLOPS[device.type]
-                if r["impl"] == "ftnb" and "losses" in r and "losses" in results[-1]:
-                    r["curve_gap"] = curve_gap(r["losses"], results[-1]["losses"], args.warm)
-                print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()
-                                  if k != "losses"}), flush=True)
-                results.append(r)
-    print(f"\n{'shape':<14}{'method':<7}{'impl':<9}{'real tok/s':>11}{'peak GB':>9}{'MFU':>7}{'pad':>6}"
-          f"{'final loss':>11}{'curve gap':>10}{'speed-up':>9}")
-    for r in results:
-        peer = next((x for x in results if x["shape"] == r["shape"] and x["method"] == r["method"]
-                     and x["impl"] == "trainer" and "tok_s" in x), None)
-        if "tok_s" not in r:
-            print(f"{r['shape']:<14}{r['method']:<7}{r['impl']:<9}{r['error']:>11}")
-            continue
-        up = r["tok_s"] / peer["tok_s"] if peer else float("nan")
-        f = lambda v, s: "-" if v is None else format(v, s)  # noqa: E731
-        print(f"{r['shape']:<14}{r['method']:<7}{r['impl']:<9}{r['tok_s']:>11,.0f}{f(r['peak_gb'], '.1f'):>9}"
-              f"{f(r.get('mfu'), '.1%'):>7}{f(r.get('pad_share'), '.0%'):>6}{r['loss']:>11.3f}"
-              f"{f(r.get('curve_gap'), '.4f'):>10}{up:>8.2f}x")
-    print(f"({machine}, {time.strftime('%Y-%m-%d')}; curve gap: the largest difference between ftnb's loss and the "
-          f"Trainer's over each {args.warm}-step window; loss curves: see --json)")
+        for mix in args.mixes:
+            data = make_data(mix, args.batch * args.steps, 49152)
+            for method in args.methods:
+                if shape == "smollm2-1.7b" and method == "full":
+                    continue  # the peer measured 1.7B with LoRA only
+                lr = 2e-4 if method == "lora" else 2e-5
+                for impl in args.impls:
+                    try:
+                        if impl.startswith("ftnb"):
+                            r = run_ftnb(shape, method, data, args.batch, args.steps, args.warm, device, lr,
+                                         compile=args.compile, attn="sdpa" if impl == "ftnb-sdpa" else args.attn)
+                        else:
+                            r = run_peer(impl, shape, method, data, args.batch, args.steps, args.warm, device, lr)
+                    except torch.OutOfMemoryError:
+                        r = dict(impl=impl, error="out of memory")
+                    gc.collect()
+                    if cuda:
+                        torch.cuda.empty_cache()
+                    r.update(shape=shape, mix=mix, method=method, batch=args.batch, steps=args.steps, device=machine,
+                             date=time.strftime("%Y-%m-%d"))
+                    if "tok_s" in r and device.type in PEAK_FLOPS:
+                        from transformers import LlamaConfig
+                        mc = LlamaConfig(vocab_size=49152, **SHAPES[shape])
+                        avg = sum(len(ids) for ids, _ in data) / len(data)
+                        r["mfu"] = r["tok_s"] * flops_per_token(mc, r["n_params"], method, avg) / PEAK_FLOPS[device.type]
+                    peers_done = [x for x in results if (x["shape"], x["mix"], x["method"]) == (shape, mix, method)
+                                  and "losses" in x and not x["impl"].startswith("ftnb")]
+                    if r["impl"].startswith("ftnb") and "losses" in r and peers_done:
+                        r["curve_gap"] = max(curve_gap(r["losses"], x["losses"], args.warm) for x in peers_done)
+                    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()
+                                      if k != "losses"}), flush=True)
+                    results.append(r)
+    print(table(results, args.warm, machine))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=1)
+    return results
+
+
+def table(results, warm, machine):
+    """Markdown: one row per measurement; the ratio is to the fastest padding-free peer of the same shape, mix and
+    method (to the padded Trainer where neither ran)."""
+    f = lambda v, s: "-" if v is None else format(v, s)  # noqa: E731
+    lines = ["| shape | mix | method | implementation | real tokens/s | peak GB | MFU | padding | final loss | curve gap "
+             "| vs fastest padding-free peer |", "|" + "---|" * 11]
+    for r in results:
+        if "tok_s" not in r:
+            lines.append(f"| {r['shape']} | {r['mix']} | {r['method']} | {r['impl']} | {r['error']} |||||||")
+            continue
+        same = [x for x in results if (x["shape"], x["mix"], x["method"]) == (r["shape"], r["mix"], r["method"])
+                and "tok_s" in x]
+        base = [x["tok_s"] for x in same if x["impl"] in PADDING_FREE] or [x["tok_s"] for x in same
+                                                                            if x["impl"] == "trainer"]
+        ratio = r["tok_s"] / max(base) if base else float("nan")
+        lines.append(f"| {r['shape']} | {r['mix']} | {r['method']} | {r['impl']} | {r['tok_s']:,.0f} | "
+                     f"{f(r['peak_gb'], '.1f')} | {f(r.get('mfu'), '.1%')} | {f(r.get('pad_share'), '.0%')} | "
+                     f"{r['loss']:.4f} | {f(r.get('curve_gap'), '.4f')} | {ratio:.2f}x |")
+    lines.append(f"\n({machine}, {time.strftime('%Y-%m-%d')}; curve gap: the largest difference between ftnb's loss "
+                 f"and any peer's over each {warm}-step window)")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
