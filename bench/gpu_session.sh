@@ -4,11 +4,12 @@
 #   echo /.whl/ >> .git/info/exclude; python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 \
 #     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
-#     datasets gguf bitsandbytes dill multiprocess xxhash   (plus whatever `pip show` there says is missing)
+#     datasets gguf bitsandbytes dill multiprocess xxhash trl   (plus whatever `pip show` there says is missing)
 # Then: run(command="bash bench/gpu_session.sh [tests|bench|variants]", carry=[".whl"], timeout_s=540).
 #   tests     the CUDA tests (bf16, resume, packing, QLoRA, compile with inductor, tokens per pass, flex attention):
 #             about 2 minutes
-#   bench     ftnb against the HF Trainer + peft, SmolLM2-135M and -1.7B shapes, 50 steps each: about 5 minutes
+#   bench     ftnb against the padded Trainer, the padding-free Trainer and TRL, SmolLM2-135M and -1.7B shapes, the chat
+#             and random mixes, 50 steps each (not yet timed on a GPU: measure one shape first)
 #   variants  the same for LoRA with --compile and with --attn flex_attention
 set -o pipefail
 case "${1:-tests}" in tests|bench|variants) ;; *) echo "usage: bench/gpu_session.sh [tests|bench|variants]"; exit 2 ;; esac

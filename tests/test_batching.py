@@ -139,3 +139,39 @@ def test_step_plan_is_a_seeded_permutation_per_epoch():
     epoch1 = sum((plan.indices(s) for s in range(3, 6)), [])
     assert sorted(epoch0) == sorted(epoch1) == list(range(10)) and epoch0 != epoch1
     assert StepPlan(10, 4, 2, 0, seed=1).indices(4) == plan.indices(4)
+
+
+def test_the_output_layer_runs_once_and_gives_the_autograd_gradients(tiny, monkeypatch):
+    """HeadLoss (gradients in the forward pass, no recompute) against full logits through autograd: the loss, the
+    backbone's gradients and the tied output layer's, in fp32 and under bf16 autocast; a LoRA-wrapped output layer
+    keeps the autograd path."""
+    import copy
+
+    import ftnb.core.loss as L
+    model, tok = tiny
+    batch = pack([tokenize_example(tok, chat(f"Q{i}?", "An answer of a few more words."), 512) for i in range(6)])
+    monkeypatch.setattr(L, "CHUNK", 7)
+    monkeypatch.setattr(L, "checkpoint", lambda *a, **k: pytest.fail("recomputed"))
+    monkeypatch.setattr(L, "RECOMPUTE_ELEMENTS", 1)
+    for autocast in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            model.zero_grad()
+            fused = loss_sum(model, batch)
+            fused.backward()
+            g_fused = _grads(model).clone()
+            model.zero_grad()
+            logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).logits[0]
+            full = torch.nn.functional.cross_entropy(logits.float(), batch.labels[0], ignore_index=IGNORE,
+                                                     reduction="sum")
+            full.backward()
+        tol = dict(atol=2e-2, rtol=2e-2) if autocast else dict(atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(fused, full, **tol)
+        torch.testing.assert_close(g_fused, _grads(model), **tol)
+        assert model.get_output_embeddings().weight.grad is not None  # tied to the embeddings: full fine-tuning
+    model.zero_grad()
+    from peft import LoraConfig, get_peft_model
+    lora = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, target_modules=["lm_head", "q_proj"]))
+    head = split_head(lora)[1]
+    assert not L._plain(head)
+    with pytest.raises(pytest.fail.Exception, match="recomputed"):  # the autograd path, with its recompute
+        loss_sum(lora, batch).backward()
