@@ -47,7 +47,9 @@ def tokenizer():
                                    pad_token="<pad>", eos_token="<eos>")
 
 
-def run(impl, model, method, data, batch, steps, warm, device, lr):
+def run(impl, model, method, data, batch, steps, warm, device, lr, padded_accumulation=1):
+    """padded_accumulation: the padded Trainer takes each batch as that many accumulated parts (the same step, less
+    memory: SmolLM2-135M's shape padded to batches of 8 chat examples needs more than 24 GB on a CPU)."""
     from peft import LoraConfig, get_peft_model
     from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
     n_params = sum(p.numel() for p in model.parameters())
@@ -72,7 +74,8 @@ def run(impl, model, method, data, batch, steps, warm, device, lr):
             if logs and "loss" in logs:
                 Timer.losses.append(logs["loss"])
 
-    common = dict(per_device_train_batch_size=batch, max_steps=steps, learning_rate=lr, bf16=device.type == "cuda",
+    parts = padded_accumulation if impl == "trainer" else 1
+    common = dict(per_device_train_batch_size=batch // parts, gradient_accumulation_steps=parts, max_steps=steps, learning_rate=lr, bf16=device.type == "cuda",
                   logging_steps=1, save_strategy="no", report_to=[], dataloader_num_workers=0, disable_tqdm=True,
                   optim="adamw_torch_fused" if device.type == "cuda" else "adamw_torch", lr_scheduler_type="cosine",
                   warmup_steps=2, max_grad_norm=1.0, weight_decay=0.0, use_cpu=device.type == "cpu", seed=0)
@@ -119,7 +122,9 @@ def run(impl, model, method, data, batch, steps, warm, device, lr):
         peak = torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None
     timed = [data[i][0] for b in batches[warm:] for i in b]
     real = sum(map(len, timed))
-    padded = sum(max(len(data[i][0]) for i in b) * len(b) for b in batches[warm:]) if impl == "trainer" else real
+    size = batch // parts
+    padded = sum(max(len(data[i][0]) for i in b[k:k + size]) * len(b[k:k + size]) for b in batches[warm:]
+                 for k in range(0, len(b), size)) if impl == "trainer" else real
     del tr, model
     last = Timer.losses[-warm:]  # the mean over the last window, as ftnb logs it
     return dict(impl=impl, tok_s=real / dt, peak_gb=peak, loss=sum(last) / len(last), losses=list(Timer.losses),

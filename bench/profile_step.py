@@ -57,19 +57,22 @@ def main(argv=None):
             loss_sum(model, b, parts).backward()
     step()  # warm-up
     from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
         step()
-    total, groups, top = 0.0, defaultdict(float), []
+    total, groups, top, mm_flops = 0.0, defaultdict(float), [], 0
     for e in prof.key_averages():
         t = e.self_cpu_time_total / 1e6
         total += t
         groups[group_of(e.key)] += t
         top.append((t, e.key, e.count))
+        if group_of(e.key) == "matmul":
+            mm_flops += e.flops or 0
     tokens = sum(b.n_tokens for b in passes)
     print(f"{args.shape}, {args.mix} mix, {args.method}, attention {args.attn}: {len(passes)} passes, {tokens:,} "
           f"tokens, {total:.1f} s of CPU time ({torch.get_num_threads()} threads)")
     for g, t in sorted(groups.items(), key=lambda x: -x[1]):
         print(f"  {g:<18}{t:7.2f} s  {t / total:6.1%}")
+    print(f"matmuls: {mm_flops / 1e12:.2f} TFLOP at {mm_flops / groups['matmul'] / 1e9:.0f} GFLOP/s")
     print("top operators:")
     for t, key, count in sorted(top, reverse=True)[:8]:
         print(f"  {key[:48]:<50}{t:7.2f} s  {count:6d} calls")

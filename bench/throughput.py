@@ -151,9 +151,10 @@ class _Tok:
         pass
 
 
-def run_peer(impl, shape, method, data, batch, steps, warm, device, lr):
+def run_peer(impl, shape, method, data, batch, steps, warm, device, lr, padded_accumulation=1):
     import peers
-    return peers.run(impl, build_model(shape, device), method, data, batch, steps, warm, device, lr)
+    return peers.run(impl, build_model(shape, device), method, data, batch, steps, warm, device, lr,
+                     padded_accumulation)
 
 
 PADDING_FREE = ("trainer-flat", "trl")  # the peers a speed-minded user picks; the table's ratio is to the fastest
@@ -175,6 +176,8 @@ def main(argv=None):
     ap.add_argument("--compile", action="store_true", help="ftnb with compile=True (torch.compile of each layer)")
     ap.add_argument("--attn", default="auto", choices=["auto", "segments", "sdpa", "flex_attention", "eager"],
                     help="ftnb's attention (the peers keep SDPA); 'auto': per-example SDPA on a CPU")
+    ap.add_argument("--padded-accumulation", type=int, default=1, metavar="N",
+                    help="the padded Trainer takes each batch as N accumulated parts (same step, less memory)")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args(argv)
     assert args.steps % args.warm == 0, "--steps must be a multiple of --warm (ftnb logs every --warm steps)"
@@ -197,7 +200,8 @@ def main(argv=None):
                             r = run_ftnb(shape, method, data, args.batch, args.steps, args.warm, device, lr,
                                          compile=args.compile, attn="sdpa" if impl == "ftnb-sdpa" else args.attn)
                         else:
-                            r = run_peer(impl, shape, method, data, args.batch, args.steps, args.warm, device, lr)
+                            r = run_peer(impl, shape, method, data, args.batch, args.steps, args.warm, device, lr,
+                                         args.padded_accumulation)
                     except torch.OutOfMemoryError:
                         r = dict(impl=impl, error="out of memory")
                     gc.collect()

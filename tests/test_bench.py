@@ -32,3 +32,10 @@ def test_the_chat_mix_trains_on_answers_only():
     assert 0.5 < share < 0.85  # answers are most tokens of public chat sets, not all of them
     for ids, mask in data:
         assert not any(mask[:throughput.SYSTEM]) and len(ids) == len(mask)
+
+
+def test_the_step_profile_groups_the_time(capsys):
+    import profile_step
+    profile_step.main(["--shape", "tiny", "--batch", "3"])
+    out = capsys.readouterr().out
+    assert "matmul" in out and "attention" in out and "GFLOP/s" in out and "attention segments" in out
