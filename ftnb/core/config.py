@@ -92,7 +92,7 @@ class TrainConfig:
     max_grad_norm: float = _f(1.0, "Clip the gradient norm to this (0: no clipping). Guards against loss spikes.", "training")
     attn_implementation: str = _f("auto", "Attention kernel: 'auto' ('segments' on a CPU, the model's default SDPA "
                                   "elsewhere), 'segments' (each packed example attends to itself alone: SDPA skips the "
-                                  "blocks between examples; about 2x faster steps on a CPU), 'sdpa' (one pass over the "
+                                  "blocks between examples; 1.1x to 1.6x faster CPU steps), 'sdpa' (one pass over the "
                                   "packed row with a block-diagonal mask), 'flex_attention' (CUDA; skips those blocks too, "
                                   "compiles on first use) or 'eager'.",
                                   "training", choices=("auto", "segments", "sdpa", "flex_attention", "eager"))
