@@ -11,11 +11,11 @@ from ftnb.core.loss import loss_sum
 from ftnb.core.models import load_model
 
 
-def random_model(kind):
+def random_model(kind, attn="sdpa"):
     from transformers import AutoConfig, AutoModelForCausalLM
     cfg = AutoConfig.for_model(kind, vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                               attn_implementation="sdpa")
+                               attn_implementation=attn)
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(cfg)
 
@@ -46,6 +46,11 @@ def test_segments_give_the_sdpa_loss_and_gradients(kind):
     loss_b, grads_b = loss_and_grads(segments, batch)
     torch.testing.assert_close(loss_b, loss_a, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(grads_b, grads_a, atol=1e-6, rtol=1e-4)
+
+
+def test_a_model_that_runs_eager_attention_keeps_it():
+    model = random_model("llama", attn="eager")  # e.g. Gemma 2 defaults to eager for its soft-capping
+    assert not attention.use_segments(model) and model.config._attn_implementation == "eager"
 
 
 def test_segments_are_called_with_the_spans_and_sdpa_where_a_mask_is_needed(tiny_path, monkeypatch):

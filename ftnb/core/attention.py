@@ -40,9 +40,10 @@ def register():
 
 
 def use_segments(model):
-    """Switch a model that runs SDPA (or eager) attention to NAME; False when its architecture does not take it."""
+    """Switch a model that runs SDPA attention to NAME; False when it runs another (a model that defaults to eager
+    does so for a reason, e.g. Gemma 2's logit soft-capping, which SDPA lacks) or its architecture does not take it."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if getattr(base.config, "_attn_implementation", None) not in ("sdpa", "eager"):
+    if getattr(base.config, "_attn_implementation", None) != "sdpa":
         return False
     register()
     try:
