@@ -45,8 +45,8 @@ def lengths(n, seed=0):
     return torch.exp(torch.randn(n, generator=g) * 0.7 + math.log(180)).clamp(16, 1024).long().tolist()
 
 
-# chat_mix's sources: (share, turns (low, high), median user-turn tokens, median answer tokens). The medians follow the
-# per-dataset mean prompt and completion lengths that Wang et al. report in Table 1 of "How Far Can Camels Go?"
+# chat_mix's sources: (share, turns (low, high), median user-turn tokens, median answer tokens). The medians are chosen
+# after the per-dataset mean prompt and completion lengths that Wang et al. report in Table 1 of "How Far Can Camels Go?"
 # (2023, arXiv:2306.04751; Llama tokens): single-turn instruction sets such as Dolly and Alpaca (prompts of about
 # 30-120 tokens, answers of 65-90), OpenAssistant (about 1.6 turns, 35-token prompts, 210-token answers) and ShareGPT
 # (about 3.2 turns of several hundred answer tokens). Log-normal spread (sigma 0.8) around each median.
