@@ -13,11 +13,10 @@ import time
 
 import torch
 
-IGNORE = -100
+from ftnb.core.batching import IGNORE, StepPlan
 
 
 def order(n_seqs, batch, steps, seed):
-    from ftnb.core.batching import StepPlan
     plan = StepPlan(n_seqs, batch, epochs=1, max_steps=steps, seed=seed)
     return [plan.indices(s) for s in range(steps)]
 

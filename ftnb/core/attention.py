@@ -39,10 +39,14 @@ def register():
     ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)
 
 
+def _base(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model  # under a peft wrapper
+
+
 def use_segments(model):
     """Switch a model that runs SDPA attention to NAME; False when it runs another (a model that defaults to eager
     does so for a reason, e.g. Gemma 2's logit soft-capping, which SDPA lacks) or its architecture does not take it."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _base(model)
     if getattr(base.config, "_attn_implementation", None) != "sdpa":
         return False
     register()
@@ -54,5 +58,4 @@ def use_segments(model):
 
 
 def uses_segments(model):
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return getattr(getattr(base, "config", None), "_attn_implementation", None) == NAME
+    return getattr(getattr(_base(model), "config", None), "_attn_implementation", None) == NAME
