@@ -84,7 +84,9 @@ def test_the_quickstart_runs_in_notebook7(page, lab, root):
     sidebar.locator(f'.ftnb-run[data-path="runs/{run.name}"] .ftnb-run-state', has_text="finished").wait_for(
         timeout=12000)
     builder, form, monitor = (cells.nth(i).locator(".jp-OutputArea") for i in (5, 7, 9))
-    assert builder.locator(".widget-vbox").count() and form.locator(".widget-vbox").count()  # widgets, not text
+    for out in (builder, form):  # widgets, not text; an off-screen cell may draw its output only when idle or seen
+        out.scroll_into_view_if_needed()
+        out.locator(".widget-vbox").first.wait_for(timeout=30000)
     monitor.locator(".js-plotly-plot").first.wait_for()  # the live charts
     monitor.get_by_text(re.compile(r"finished")).first.wait_for()
     # the last cells ran after training: the forgetting panel drew and the summary printed

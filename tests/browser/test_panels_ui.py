@@ -226,7 +226,7 @@ def test_template_notebook_runs_and_sidebar_stops_it(page, root):
     menu(page, "Run", "Run All Above Selected Cell")
     monitor = output_of(page, 10)
     button(monitor, "Start").wait_for(timeout=90000)
-    assert output_of(page, 7).locator(".widget-vbox").count()  # the form drew as widgets, not as text
+    output_of(page, 7).locator(".widget-vbox").first.wait_for()  # the form drew as widgets, not as text
     button(monitor, "Start").click()
 
     def training():
