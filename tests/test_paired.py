@@ -1,7 +1,7 @@
 """Paired statistics of the probe (issue 19), computed by hand on small tables."""
 import pytest
 
-from ftnb.core.paired import change_interval, mcnemar_p, paired_change, points, verdict
+from ftnb.core.paired import change_interval, mcnemar_p, paired_change, points, retention_text, verdict
 
 
 def test_exact_mcnemar_by_hand():
@@ -43,6 +43,9 @@ def test_verdicts():
     assert verdict(-0.01, -0.03, 0.01) == "no detectable change"
     assert verdict(0.0, None, None) == "no detectable change"
     assert points(-0.021, -0.05, 0.008) == "-2.1 points (95% CI -5.0 to +0.8)"
+    assert retention_text({"retention": 0.975, "retention_low": 0.931, "retention_high": 1.019}) == \
+        "97.5% (95% CI 93.1% to 101.9%)"
+    assert retention_text({"retention": None, "retention_low": None}) == "n/a (95% CI n/a to n/a)"
 
 
 def test_the_paired_interval_is_narrower_than_two_independent_ones():

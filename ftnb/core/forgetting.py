@@ -21,6 +21,7 @@ from .durable import write_atomic, write_json
 from .generate import base_model_context
 from .loss import split_head
 from .models import cache_dir
+from .paired import retention_text
 from .probe import PRECISIONS, ProbeSuite, pick, probe_precision, run_probe, summarize, topk_kl
 from .rundir import read_json, read_untrusted_json
 
@@ -167,9 +168,8 @@ class ForgettingProbe:
         if step and self.cfg.budget_action == "stop" and s["retention_high"] is not None \
                 and s["retention_high"] < self.cfg.min_retention:
             run.request_stop()
-            run.stop_reason = (f"retention {s['retention']:.1%} (95% CI {s['retention_low']:.1%} to "
-                               f"{s['retention_high']:.1%}) fell below the budget {self.cfg.min_retention:.0%} at step "
-                               f"{step}: {s['verdict']}")
+            run.stop_reason = (f"retention {retention_text(s)} fell below the budget {self.cfg.min_retention:.0%} "
+                               f"at step {step}: {s['verdict']}")
         return s
 
 

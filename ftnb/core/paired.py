@@ -57,3 +57,9 @@ def verdict(change, low, high):
 def points(change, low, high):
     """'-2.1 points (95% CI -5.0 to +0.8)': a change in accuracy always shown with its interval."""
     return f"{change * 100:+.1f} points (95% CI {low * 100:+.1f} to {high * 100:+.1f})"
+
+
+def retention_text(s):
+    """'97.5% (95% CI 93.1% to 101.9%)': a summary's retention always shown with its interval ('n/a' where unknown)."""
+    pct = [("n/a" if s.get(k) is None else f"{s[k]:.1%}") for k in ("retention", "retention_low", "retention_high")]
+    return f"{pct[0]} (95% CI {pct[1]} to {pct[2]})"

@@ -28,7 +28,7 @@ from .generate import _as_messages
 from .loss import split_head
 from .models import mask_attention
 from .judgement import collapse, judge
-from .paired import paired_change, points, verdict
+from .paired import paired_change, points, retention_text, verdict
 
 TOPK = 64
 
@@ -432,7 +432,7 @@ def format_summary(s):
                      f"{len(s['right_to_wrong'])} right -> wrong, {len(s['wrong_to_right'])} wrong -> right "
                      f"(exact McNemar p = {s['p_value']:.2g})")
     if s.get("retention") is not None and s.get("retention_low") is not None:
-        lines.append(f"retention: {s['retention']:.1%} (95% CI {s['retention_low']:.1%} to {s['retention_high']:.1%})")
+        lines.append(f"retention: {retention_text(s)}")
     for cat, c in (s.get("categories") or {}).items():
         lines.append(f"  {cat}: {c['acc']:.0%} (base {c['acc_base']:.0%}), {c['verdict']}")
     if s.get("kl") is not None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from ..core import metrics
 from ..core.formats import FORMAT_NAMES
 from ..core.judgement import JUDGEMENTS
-from ..core.paired import points, verdict
+from ..core.paired import points, retention_text, verdict
 from ..core.probe import format_summary
 from ..core.rundir import RunDir, read_untrusted_json
 from ..core.sources import FILE_KINDS
@@ -79,10 +79,6 @@ def hub_dataset(source):
     if Path(name).suffix.lower() in FILE_KINDS or name.startswith((".", "/", "~")):
         return None
     return hub_id(name, namespace=True)
-
-
-def _pct(x):
-    return "n/a" if x is None else f"{x:.1%}"
 
 
 def _num(x, spec=".4f"):
@@ -266,8 +262,7 @@ def _results_section(cfg, rows, step):
                   + (f", judgement: {s['judgement']}" if s.get("judgement") in JUDGEMENTS else "") + "; "
                   if None not in (s.get("change"), s.get("change_low"), s.get("change_high")) else "")
         lines.append(f"- Forgetting, measured by ftnb's probe at step {row['step']} against the base model: {paired}"
-                     f"retention {_pct(s['retention'])} (95% CI {_pct(s['retention_low'])} to "
-                     f"{_pct(s['retention_high'])}), "
+                     f"retention {retention_text(s)}, "
                      f"KL from the base {_num(s['kl'])} nats per token, general-text perplexity {_num(s['ppl'], '.2f')}"
                      f" (base {_num(s['ppl_base'], '.2f')}), multiple-choice answers flipped: "
                      f"{len(s['right_to_wrong'])} right to wrong, {len(s['wrong_to_right'])} wrong to right. "

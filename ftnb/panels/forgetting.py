@@ -10,7 +10,7 @@ from plotly.subplots import make_subplots
 
 from ..core.forgetting import read_probe_step
 from ..core.metrics import History
-from ..core.paired import points
+from ..core.paired import points, retention_text
 from ..core.probe import ProbeSuite
 from ..core.rundir import RunDir
 from ..core.saved import best_step
@@ -38,7 +38,7 @@ def headline(s):
                      f"({s['acc']:.1%} against {s['acc_base']:.1%}, n={s['n']}: {len(s['right_to_wrong'])} right "
                      f"&rarr; wrong, {len(s['wrong_to_right'])} wrong &rarr; right)")
     if s.get("retention") is not None and s.get("retention_low") is not None:
-        parts.append(f"retention {s['retention']:.1%} (95% CI {s['retention_low']:.1%} to {s['retention_high']:.1%})")
+        parts.append(f"retention {retention_text(s)}")
     if s.get("judgement"):
         parts.append(f"judgement: <b>{esc(s['judgement'])}</b>")
     parts.append(f"KL {s.get('kl') or 0:.4f}, perplexity {s.get('ppl') or 0:.2f} (base {s.get('ppl_base') or 0:.2f})"

@@ -60,9 +60,9 @@ def free_port():
 
 
 @pytest.fixture(scope="module")
-def lab_env():
-    """Extra environment for the lab server (its kernels inherit it)."""
-    return {}
+def lab_env(request):
+    """Extra environment for the lab server (its kernels inherit it): a test module's LAB_ENV, if it has one."""
+    return getattr(request.module, "LAB_ENV", {})
 
 
 @pytest.fixture(scope="module")

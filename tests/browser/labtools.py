@@ -9,6 +9,8 @@ REPO = Path(__file__).resolve().parents[2]
 # FTNB_SCREENSHOTS=1 refreshes the README's images in docs/screenshots; otherwise a test run leaves tracked files alone
 SHOTS = (REPO / "docs" / "screenshots" if os.environ.get("FTNB_SCREENSHOTS") == "1"
          else Path(tempfile.gettempdir()) / "ftnb-screenshots")
+# a test module's LAB_ENV for kernels that train the tiny model on one thread each (2 cores: lab, browser, kernel)
+TINY_KERNELS = {"FTNB_DEFAULT_MODEL": "tiny", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def wait_for(predicate, timeout, what):

@@ -9,8 +9,9 @@ import re
 
 import nbformat
 import pytest
-from labtools import REPO, state_of, wait_for
+from labtools import REPO, TINY_KERNELS, state_of, wait_for
 
+LAB_ENV = TINY_KERNELS  # the lab's kernels train the tiny model
 pytestmark = pytest.mark.browser  # skipped, or failed under FTNB_REQUIRE_BROWSER=1, without them: see conftest.py
 
 
@@ -42,11 +43,6 @@ def root(tmp_path_factory):
     setup.source = "SMALL = True" + setup.source[len("SMALL = False"):]
     nbformat.write(nb, str(root / "quickstart.ipynb"))
     return root
-
-
-@pytest.fixture(scope="module")
-def lab_env():
-    return {"FTNB_DEFAULT_MODEL": "tiny", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def menu(page, top, item):

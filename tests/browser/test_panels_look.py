@@ -10,10 +10,11 @@ import json
 import math
 
 import pytest
-from labtools import SHOTS, wait_for
+from labtools import SHOTS, TINY_KERNELS, wait_for
 from test_panels_ui import (assert_no_browser_errors, button, cells, open_notebook, output_of, run_all,
                             widget_tab, write_notebook)
 
+LAB_ENV = TINY_KERNELS  # the lab's kernels train the tiny model
 pytestmark = pytest.mark.browser
 
 NOTEBOOK = ("import pathlib\nimport ftnb\nfrom ftnb.panels import RunComparison, TrainingMonitor",
@@ -126,11 +127,6 @@ def root(tmp_path_factory):
         write_run(root / "runs" / name, (3e-4, 1e-3, 3e-3)[i], val_end, retention)
     write_notebook(root / "look.ipynb", *NOTEBOOK)
     return root
-
-
-@pytest.fixture(scope="module")
-def lab_env():
-    return {"FTNB_DEFAULT_MODEL": "tiny", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-from labtools import SHOTS, state_of, wait_for
+from labtools import SHOTS, TINY_KERNELS, state_of, wait_for
 
+LAB_ENV = TINY_KERNELS  # the lab's kernels train the tiny model
 pytestmark = pytest.mark.browser  # skipped, or failed under FTNB_REQUIRE_BROWSER=1, without them: see conftest.py
 
 XSS_IMG = "<img src=x onerror=window.__xss=1>"
@@ -27,11 +28,6 @@ def root(tmp_path_factory):
     root = tmp_path_factory.mktemp("panels") / "work"
     root.mkdir()
     return root
-
-
-@pytest.fixture(scope="module")
-def lab_env():
-    return {"FTNB_DEFAULT_MODEL": "tiny", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 @pytest.fixture(scope="module")
