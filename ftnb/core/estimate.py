@@ -12,7 +12,10 @@ import torch
 
 from .models import ATTENTION_TARGETS, LOAD_LOCK, pick_device, resolve_model
 
-LOOP_EFFICIENCY = {"cpu": 0.45, "cuda": 0.25, "mps": 0.25}  # achieved FLOP/s of training / matmul FLOP/s
+# achieved FLOP/s of training / matmul FLOP/s, by device and method (docs/benchmarks.md, "The form's time estimate");
+# LoRA counts 4 x params FLOPs a token against full training's 6 x, but saves less time than that on a CPU
+LOOP_EFFICIENCY = {"cpu": {"lora": 0.50, "full": 0.65}}
+OTHER_EFFICIENCY = 0.25  # CUDA and MPS: from the first version of the loop, not re-measured since
 OUTPUT_LAYERS = ("lm_head", "embed_out", "output")  # names of the output layer: neither adapted nor quantised
 
 
@@ -93,7 +96,8 @@ def estimate(cfg, tokens_per_epoch, device=None, measure=True):
     mem["total"] = sum(mem.values())
     avail = available_memory(device)
     flops_per_token = (4 if cfg.method == "lora" else 6) * total
-    speed = matmul_flops(device.type) * LOOP_EFFICIENCY.get(device.type, 0.25) if measure else None
+    efficiency = LOOP_EFFICIENCY.get(device.type, {}).get(cfg.method, OTHER_EFFICIENCY)
+    speed = matmul_flops(device.type) * efficiency if measure else None
     tok_s = speed / flops_per_token if speed else None
     return {"device": str(device), "params": total, "trainable_params": trainable,
             "memory_gb": {k: round(v / 1e9, 3) for k, v in mem.items()},
