@@ -26,6 +26,13 @@ def labels_of(ids, mask):
     return [t if m else IGNORE for t, m in zip(ids, mask)]
 
 
+class InOrder:
+    """Mixed into a trainer: the same batches, in the same order, as ftnb's plan (`data` is given in that order)."""
+
+    def _get_train_sampler(self, *a, **k):
+        return torch.utils.data.SequentialSampler(self.train_dataset)
+
+
 def padded_collate(items):
     L = max(len(x["input_ids"]) for x in items)
     ids = torch.zeros(len(items), L, dtype=torch.long)
@@ -83,23 +90,21 @@ def run(impl, model, method, data, batch, steps, warm, device, lr, padded_accumu
             from datasets import Dataset
             from trl import SFTConfig, SFTTrainer
 
-            class InOrder(SFTTrainer):  # the same batches, in the same order, as ftnb's plan
-                def _get_train_sampler(self, *a, **k):
-                    return torch.utils.data.SequentialSampler(self.train_dataset)
+            class Peer(InOrder, SFTTrainer):
+                pass
             # token ids with a mask of the answers: TRL's completion_only_loss, which builds the labels that
             # assistant_only_loss builds from a conversational text dataset
             rows = {"input_ids": [ids for ids, _ in ordered],
                     "completion_mask": [[int(m) for m in mask] for _, mask in ordered]}
             args = SFTConfig(output_dir=out, padding_free=True, completion_only_loss=True, max_length=None,
                              dataset_num_proc=None, **common)
-            tr = InOrder(model=model, args=args, train_dataset=Dataset.from_dict(rows), processing_class=tokenizer(),
+            tr = Peer(model=model, args=args, train_dataset=Dataset.from_dict(rows), processing_class=tokenizer(),
                          callbacks=[Timer()])
         else:
             from transformers import DataCollatorWithFlattening
 
-            class InOrder(Trainer):
-                def _get_train_sampler(self, *a, **k):
-                    return torch.utils.data.SequentialSampler(self.train_dataset)
+            class Peer(InOrder, Trainer):
+                pass
 
             class DS(torch.utils.data.Dataset):
                 def __len__(self):
@@ -110,7 +115,7 @@ def run(impl, model, method, data, batch, steps, warm, device, lr, padded_accumu
                     return {"input_ids": ids, "labels": labels_of(ids, mask)}
             collate = DataCollatorWithFlattening() if impl == "trainer-flat" else padded_collate
             args = TrainingArguments(output_dir=out, remove_unused_columns=False, **common)
-            tr = InOrder(model=model, args=args, train_dataset=DS(), data_collator=collate, callbacks=[Timer()])
+            tr = Peer(model=model, args=args, train_dataset=DS(), data_collator=collate, callbacks=[Timer()])
         tr.remove_callback(PrinterCallback)  # it prints every log dict
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()

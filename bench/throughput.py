@@ -4,9 +4,9 @@
     python bench/throughput.py --shapes small --mixes chat --methods lora --steps 6 --warm 2
 
 Peers (bench/peers.py): transformers' Trainer + peft padding each batch; the Trainer with DataCollatorWithFlattening
-(padding-free); TRL's SFTTrainer with padding_free=True and assistant_only_loss=True. Every side sees the same batches
-in the same order, from the same initial weights, with LoRA r=16/alpha=32 on all linear layers (no dropout), AdamW,
-cosine schedule, 2 warm-up steps, clipping at 1.0, bf16 on CUDA, fp32 on a CPU.
+(padding-free); TRL's SFTTrainer with padding_free=True and the loss on the answers only. Every side sees the same
+batches in the same order, from the same initial weights, with LoRA r=16/alpha=32 on all linear layers (no dropout),
+AdamW, cosine schedule, 2 warm-up steps, clipping at 1.0, bf16 on CUDA, fp32 on a CPU.
 
 Two length mixes (`--mixes`):
   random  random tokens, log-normal lengths (median about 180, capped at 1024), every token trained: the mix of
@@ -157,6 +157,11 @@ def run_peer(impl, shape, method, data, batch, steps, warm, device, lr, padded_a
                      padded_accumulation)
 
 
+def cell(r):
+    """The table cell a measurement belongs to: what the implementations are compared on."""
+    return r["shape"], r["mix"], r["method"]
+
+
 PADDING_FREE = ("trainer-flat", "trl")  # the peers a speed-minded user picks; the table's ratio is to the fastest
 
 
@@ -214,7 +219,7 @@ def main(argv=None):
                         mc = LlamaConfig(vocab_size=49152, **SHAPES[shape])
                         avg = sum(len(ids) for ids, _ in data) / len(data)
                         r["mfu"] = r["tok_s"] * flops_per_token(mc, r["n_params"], method, avg) / PEAK_FLOPS[device.type]
-                    peers_done = [x for x in results if (x["shape"], x["mix"], x["method"]) == (shape, mix, method)
+                    peers_done = [x for x in results if cell(x) == cell(r)
                                   and "losses" in x and not x["impl"].startswith("ftnb")]
                     if r["impl"].startswith("ftnb") and "losses" in r and peers_done:
                         r["curve_gap"] = max(curve_gap(r["losses"], x["losses"], args.warm) for x in peers_done)
@@ -238,8 +243,7 @@ def table(results, warm, machine):
         if "tok_s" not in r:
             lines.append(f"| {r['shape']} | {r['mix']} | {r['method']} | {r['impl']} | {r['error']} |||||||")
             continue
-        same = [x for x in results if (x["shape"], x["mix"], x["method"]) == (r["shape"], r["mix"], r["method"])
-                and "tok_s" in x]
+        same = [x for x in results if cell(x) == cell(r) and "tok_s" in x]
         base = [x["tok_s"] for x in same if x["impl"] in PADDING_FREE] or [x["tok_s"] for x in same
                                                                             if x["impl"] == "trainer"]
         ratio = r["tok_s"] / max(base) if base else float("nan")
